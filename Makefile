@@ -1,0 +1,35 @@
+# `make repro`: set up .venv (if needed) and run the whole DVC pipeline on params.yaml.
+# `make test`:  set up .venv (if needed), lint with ruff, run the test suite.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+export MLFLOW_DISABLE_TELEMETRY := true
+export DVC_NO_ANALYTICS := 1
+export RAY_TRAIN_ENABLE_PRINT_PATCH := 0
+
+.PHONY: install repro test lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+repro: install
+	$(BIN)/dvc repro
+
+lint: install
+	$(BIN)/ruff check .
+
+test: lint
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python benchmarks/bench_detector.py
+
+clean:
+	rm -rf data/prepared models reports mlruns mlflow.db ray_results

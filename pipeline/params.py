@@ -1,0 +1,348 @@
+"""Typed view of ``params.yaml``: loading, ``--set`` overrides and validation.
+
+This is the only place that reads the params file. Each stage receives the typed
+:class:`Params` (or one section of it) and calls plain functions with explicit
+arguments. An unknown key or a badly typed value is an error naming the dotted key
+and the file, raised before any expensive work starts.
+
+The ``model`` section is validated by :meth:`detector.DetectorConfig.from_dict`,
+so the library and the pipeline share one definition of every model knob.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ParamsError(ValueError):
+    """A params file or override that cannot be used; the message names the key."""
+
+
+# --------------------------------------------------------------------------- sections
+@dataclass
+class SyntheticParams:
+    num_train: int = 240
+    num_val: int = 60
+    image_size: int = 256
+    min_objects: int = 2
+    max_objects: int = 6
+    min_object_size: int = 12
+    max_object_size: int = 128
+    max_aspect_ratio: float = 4.0
+    tall_wide_only: bool = False
+
+    def __post_init__(self) -> None:
+        _positive(self, "data.synthetic", ["num_train", "num_val", "image_size", "min_object_size",
+                                           "max_object_size", "max_objects"])
+        if self.min_objects < 0 or self.min_objects > self.max_objects:
+            raise ParamsError(f"data.synthetic.min_objects: {self.min_objects} must be in [0, max_objects={self.max_objects}]")
+        if self.min_object_size > self.max_object_size:
+            raise ParamsError(f"data.synthetic.min_object_size: {self.min_object_size} must be <= max_object_size ({self.max_object_size})")
+        if self.max_object_size > self.image_size:
+            raise ParamsError(f"data.synthetic.max_object_size: {self.max_object_size} must be <= image_size ({self.image_size})")
+        if self.max_aspect_ratio < 1.0:
+            raise ParamsError(f"data.synthetic.max_aspect_ratio: {self.max_aspect_ratio} must be >= 1")
+
+
+@dataclass
+class CocoParams:
+    train_annotations: str | None = None
+    train_images: str | None = None
+    val_annotations: str | None = None
+    val_images: str | None = None
+
+
+@dataclass
+class VocParams:
+    root: str | None = None
+
+
+@dataclass
+class ResizeParams:
+    min_size: int = 256
+    max_size: int = 256
+
+    def __post_init__(self) -> None:
+        _positive(self, "data.resize", ["min_size", "max_size"])
+        if self.max_size < self.min_size:
+            raise ParamsError(f"data.resize.max_size: {self.max_size} must be >= min_size ({self.min_size})")
+
+
+@dataclass
+class DataParams:
+    source: Literal["synthetic", "coco", "voc"] = "synthetic"
+    seed: int = 0
+    val_fraction: float = 0.2
+    on_invalid_box: Literal["error", "clip", "drop"] = "error"
+    classes: list[str] | None = None
+    synthetic: SyntheticParams = field(default_factory=SyntheticParams)
+    coco: CocoParams = field(default_factory=CocoParams)
+    voc: VocParams = field(default_factory=VocParams)
+    resize: ResizeParams = field(default_factory=ResizeParams)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ParamsError(f"data.val_fraction: {self.val_fraction} must be in (0, 1)")
+        if self.source == "coco" and not (self.coco.train_annotations and self.coco.train_images):
+            raise ParamsError("data.coco.train_annotations and data.coco.train_images must be set when data.source is coco")
+        if self.source == "voc" and not self.voc.root:
+            raise ParamsError("data.voc.root must be set when data.source is voc")
+
+
+@dataclass
+class TrainParams:
+    epochs: int = 12
+    batch_size: int = 4
+    lr: float = 0.02
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _positive(self, "train", ["epochs", "batch_size", "lr"])
+
+
+@dataclass
+class RayParams:
+    address: str | None = None
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1
+    storage_path: str | None = None
+    max_failures: int = 1
+
+    def __post_init__(self) -> None:
+        _positive(self, "ray", ["num_workers", "cpus_per_worker"])
+        if self.max_failures < -1:
+            raise ParamsError(f"ray.max_failures: {self.max_failures} must be >= -1 (-1 retries forever)")
+
+
+@dataclass
+class MlflowParams:
+    tracking_uri: str | None = None
+    experiment_name: str = "faster-rcnn"
+    registered_model_name: str | None = "faster-rcnn-fpn"
+
+
+@dataclass
+class EvaluateParams:
+    batch_size: int = 8
+    score_threshold: float = 0.05
+    num_pictures: int = 8
+
+    def __post_init__(self) -> None:
+        _positive(self, "evaluate", ["batch_size"])
+        if not 0.0 <= self.score_threshold < 1.0:
+            raise ParamsError(f"evaluate.score_threshold: {self.score_threshold} must be in [0, 1)")
+
+
+@dataclass
+class TuneParams:
+    num_samples: int = 4
+    max_concurrent_trials: int = 1
+
+
+@dataclass
+class Params:
+    data: DataParams = field(default_factory=DataParams)
+    model: dict[str, Any] = field(default_factory=dict)
+    train: TrainParams = field(default_factory=TrainParams)
+    ray: RayParams = field(default_factory=RayParams)
+    mlflow: MlflowParams = field(default_factory=MlflowParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    tune: TuneParams = field(default_factory=TuneParams)
+    # Where the params came from (not a params key): used in messages and artifacts.
+    source_path: str | None = field(default=None, metadata={"internal": True})
+
+    def detector_config(self, num_classes: int, class_names: list[str] | None = None):
+        """The validated :class:`detector.DetectorConfig` for the ``model`` section."""
+        from detector import DetectorConfig
+
+        try:
+            return DetectorConfig.from_dict(self.model, num_classes=num_classes, class_names=class_names)
+        except ValueError as err:
+            raise ParamsError(f"{self.source_path or 'params'}: {err}") from err
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict of every params key (the inverse of :func:`params_from_dict`)."""
+        out = dataclasses.asdict(self)
+        out.pop("source_path")
+        return out
+
+
+# --------------------------------------------------------------------------- loading
+def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None,
+                validate_model: bool = True) -> Params:
+    """Read ``path``, apply ``key.path=value`` overrides and return validated :class:`Params`.
+
+    Raises:
+        ParamsError: the file is missing or malformed, a key is unknown, or a value has
+            the wrong type or range. The message names the file and the dotted key.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: params file not found (pass --params PATH)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections at the top level, got {type(raw).__name__}")
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        params = params_from_dict(raw)
+    except ParamsError as err:
+        raise ParamsError(f"{path}: {err}") from err
+    params.source_path = str(path)
+    if validate_model:
+        params.detector_config(num_classes=1)
+    return params
+
+
+def params_from_dict(raw: dict[str, Any]) -> Params:
+    """Build :class:`Params` from a nested dict, checking keys and types."""
+    return _build(Params, raw, "")
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with each ``a.b.c=value`` applied (value parsed as YAML).
+
+    The key must already exist in the params schema; ``dvc exp run -S`` uses the same syntax.
+    """
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ParamsError(f"--set {item!r}: expected key.path=value")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ParamsError(f"--set {key}: value {text!r} is not valid YAML: {err}") from err
+        if not _schema_has_key(key):
+            raise ParamsError(f"--set {key}: unknown params key")
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ParamsError(f"--set {key}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def _schema_has_key(key: str) -> bool:
+    parts = key.split(".")
+    cls: Any = Params
+    for i, part in enumerate(parts):
+        if part == "model" and i == 0:
+            return True  # validated by DetectorConfig.from_dict, which names unknown keys
+        if not dataclasses.is_dataclass(cls):
+            return False
+        fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+        if part not in fields:
+            return False
+        cls = _resolved_hints(cls)[part]
+        cls = _unwrap_optional(cls)
+    return True
+
+
+# --------------------------------------------------------------------------- typed conversion
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{prefix or 'params'}: expected a mapping, got {raw!r}")
+    hints = _resolved_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ParamsError(f"unknown key {where}{unknown[0]} (known: {', '.join(sorted(fields))})")
+    kwargs = {}
+    for name, value in raw.items():
+        kwargs[name] = _convert(hints[name], value, f"{prefix}.{name}" if prefix else name)
+    try:
+        return cls(**kwargs)
+    except ParamsError:
+        raise
+    except (TypeError, ValueError) as err:
+        raise ParamsError(f"{prefix or 'params'}: {err}") from err
+
+
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(arg, value, key)
+            except ParamsError as err:
+                errors.append(str(err))
+        raise ParamsError(errors[0] if len(errors) == 1 else f"{key}: {value!r} matches none of {tp}")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ParamsError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
+        return value
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ParamsError(f"{key}: expected a list, got {value!r}")
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        return [_convert(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ParamsError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ParamsError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParamsError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ParamsError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ParamsError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported params type {tp} for {key}")
+
+
+def _resolved_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _unwrap_optional(tp: Any) -> Any:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def _positive(obj: Any, section: str, names: list[str]) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value <= 0:
+            raise ParamsError(f"{section}.{name}: {value} must be > 0")
