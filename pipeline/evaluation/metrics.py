@@ -1,0 +1,118 @@
+"""COCO box metrics from pycocotools' ``COCOeval``: summary stats, per-class AP, PR curves.
+
+Every number comes from ``COCOeval`` itself (no private re-implementation), so the metrics equal
+running pycocotools directly on ``reports/detections.json`` against the ground-truth json.
+
+``COCOeval.eval["precision"]`` has shape ``(T, R, K, A, M)``: ``T`` IoU thresholds 0.50:0.05:0.95,
+``R`` 101 recall thresholds, ``K`` categories, ``A`` area ranges (all, small, medium, large),
+``M`` max detections per image (1, 10, 100). ``-1`` marks "no ground truth there"; the same
+convention carries into our metrics (a class or area range without ground truth scores -1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+# Names of COCOeval.stats, in order.
+STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+_AREA_ALL = 0  # index of areaRng "all"
+_MAX_DETS = -1  # index of maxDets 100
+
+
+def load_coco(gt: str | Path | COCO) -> COCO:
+    """A ``COCO`` ground-truth object from a json path (quietly), or ``gt`` itself."""
+    if isinstance(gt, COCO):
+        return gt
+    path = Path(gt)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: ground-truth COCO json not found")
+    with contextlib.redirect_stdout(io.StringIO()):
+        return COCO(str(path))
+
+
+def load_results(coco_gt: COCO, detections: list[dict[str, Any]]) -> COCO:
+    """``coco_gt.loadRes(detections)`` that also accepts an empty list (pycocotools crashes on it).
+
+    The detection dicts are copied: ``loadRes`` adds keys (``area``, ``id``, ...) in place.
+    """
+    with contextlib.redirect_stdout(io.StringIO()):
+        if detections:
+            return coco_gt.loadRes([dict(d) for d in detections])
+        empty = COCO()
+        empty.dataset = {"images": list(coco_gt.dataset["images"]),
+                         "categories": list(coco_gt.dataset.get("categories", [])),
+                         "annotations": []}
+        empty.createIndex()
+        return empty
+
+
+def coco_metrics(gt: str | Path | COCO, detections: list[dict[str, Any]]) -> tuple[dict[str, Any], COCOeval]:
+    """COCO box metrics for ``detections`` (COCO results format, xywh in original pixels).
+
+    Args:
+        gt: the ground-truth COCO json (path) or a loaded ``COCO``.
+        detections: ``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}, ...]``; may be empty.
+
+    Returns:
+        ``(metrics, cocoeval)``: ``metrics`` holds the 12 ``COCOeval.stats`` under :data:`STAT_NAMES`
+        (``AP``, ``AP50``, ``AP75``, ...) and ``AP_per_class`` (class name -> AP@[.5:.95]);
+        ``cocoeval`` is the evaluated, accumulated and summarized ``COCOeval``. No detections
+        give 0 everywhere there is ground truth.
+    """
+    coco_gt = load_coco(gt)
+    coco_dt = load_results(coco_gt, detections)
+    cocoeval = COCOeval(coco_gt, coco_dt, iouType="bbox")
+    with contextlib.redirect_stdout(io.StringIO()) as summary:
+        cocoeval.evaluate()
+        cocoeval.accumulate()
+        cocoeval.summarize()
+    cocoeval.summary_text = summary.getvalue()  # the familiar 12-line table, for logs
+    metrics: dict[str, Any] = {name: float(v) for name, v in zip(STAT_NAMES, cocoeval.stats)}
+    metrics["AP_per_class"] = per_class_ap(cocoeval)
+    return metrics, cocoeval
+
+
+def per_class_ap(cocoeval: COCOeval) -> dict[str, float]:
+    """Class name -> AP@[.5:.95] (area all, 100 dets), the way ``summarize`` averages (-1: no GT)."""
+    precision = cocoeval.eval["precision"]  # (T, R, K, A, M)
+    names = _category_names(cocoeval)
+    out = {}
+    for k, cat_id in enumerate(cocoeval.params.catIds):
+        p = precision[:, :, k, _AREA_ALL, _MAX_DETS]  # (T, R)
+        p = p[p > -1]
+        out[names[cat_id]] = float(p.mean()) if p.size else -1.0
+    return out
+
+
+def pr_curves(cocoeval: COCOeval, iou: float = 0.5) -> list[dict[str, Any]]:
+    """Per-class precision at each of COCOeval's 101 recall thresholds, at IoU ``iou``.
+
+    Returns rows ``{"class", "recall", "precision"}`` (area all, 100 dets); classes without
+    ground truth are left out.
+    """
+    iou_thrs = cocoeval.params.iouThrs
+    matches = np.flatnonzero(np.isclose(iou_thrs, iou))
+    if matches.size == 0:
+        raise ValueError(f"IoU {iou} is not one of COCOeval's thresholds {iou_thrs.tolist()}")
+    t = int(matches[0])
+    precision = cocoeval.eval["precision"][t, :, :, _AREA_ALL, _MAX_DETS]  # (R, K)
+    names = _category_names(cocoeval)
+    rows = []
+    for k, cat_id in enumerate(cocoeval.params.catIds):
+        if (precision[:, k] < 0).all():
+            continue
+        for recall, prec in zip(cocoeval.params.recThrs, precision[:, k]):
+            rows.append({"class": names[cat_id], "recall": round(float(recall), 4),
+                         "precision": round(float(prec), 6)})
+    return rows
+
+
+def _category_names(cocoeval: COCOeval) -> dict[int, str]:
+    return {cat_id: cat["name"] for cat_id, cat in cocoeval.cocoGt.cats.items()}
