@@ -1,0 +1,238 @@
+"""Second stage: multi-level RoIAlign, two-FC box head, losses and post-processing.
+
+Shapes: ``B`` images, ``P`` proposals per image (padded), ``G`` ground-truth boxes
+(padded), ``R`` RoIs in the batch (flat), ``C`` foreground classes, ``F`` FPN
+channels, ``S = output_size``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import batched_nms, roi_align
+
+from detector.boxes import BoxCoder, box_area, clip_boxes, remove_small_boxes
+from detector.matching import Matcher
+from detector.rpn import Targets, pack_per_image
+from detector.sampling import sample_balanced
+
+__all__ = ["BoxHead", "MultiLevelRoIAlign", "RoIHeads"]
+
+
+class MultiLevelRoIAlign(nn.Module):
+    """RoIAlign from the FPN level matching each box's size (FPN paper, eq. 1).
+
+    A box of side ``sqrt(area)`` goes to level
+    ``floor(canonical_level + log2(sqrt(area) / canonical_size))`` clamped to the
+    pooled levels. Strides are explicit (nothing is inferred from shapes).
+
+    Args:
+        levels: FPN levels of the feature list given to ``forward`` (e.g. ``[3, 4, 5, 6]``).
+        pooled_levels: the levels RoIs may be pooled from (default: those <= 5; like
+            torchvision, the max-pooled p6 is for proposals only).
+    """
+
+    def __init__(
+        self,
+        levels: list[int],
+        output_size: int,
+        sampling_ratio: int,
+        canonical_size: float = 224.0,
+        canonical_level: int = 4,
+        pooled_levels: list[int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.levels = list(levels)
+        self.pooled_levels = pooled_levels or [lv for lv in levels if lv <= 5] or [levels[0]]
+        self.output_size = output_size
+        self.sampling_ratio = sampling_ratio
+        self.canonical_size = canonical_size
+        self.canonical_level = canonical_level
+
+    def assign_levels(self, boxes: Tensor) -> Tensor:
+        """``(R, 4)`` boxes -> ``(R,)`` FPN level of each."""
+        side = box_area(boxes).clamp(min=0).sqrt()
+        level = torch.floor(self.canonical_level + torch.log2(side / self.canonical_size + 1e-6))
+        return level.clamp(min(self.pooled_levels), max(self.pooled_levels)).to(torch.int64)
+
+    def forward(self, features: list[Tensor], boxes: Tensor, batch_idx: Tensor) -> Tensor:
+        """Pool ``(R, 4)`` boxes of images ``batch_idx`` ``(R,)`` -> ``(R, F, S, S)``.
+
+        Every level's map is given one extra row and column of zeros, so that a
+        box touching an image's edge samples the same values whether the image is
+        alone or padded inside a larger batch.
+        """
+        rois = torch.cat([batch_idx[:, None].to(boxes.dtype), boxes], dim=1)  # (R, 5)
+        levels = self.assign_levels(boxes)
+        first = features[0]
+        out = first.new_zeros(boxes.shape[0], first.shape[1], self.output_size, self.output_size)
+        for level in self.pooled_levels:
+            idx = (levels == level).nonzero().squeeze(1)
+            if idx.numel() == 0:
+                continue
+            feat = F.pad(features[self.levels.index(level)], (0, 1, 0, 1))
+            out[idx] = roi_align(
+                feat,
+                rois[idx],
+                self.output_size,
+                spatial_scale=1.0 / 2**level,
+                sampling_ratio=self.sampling_ratio,
+                aligned=True,
+            )
+        return out
+
+
+class BoxHead(nn.Module):
+    """Two FC layers (torchvision's ``TwoMLPHead``) + class logits and class-specific deltas.
+
+    Returns ``(R, C + 1)`` logits (column 0 = background) and ``(R, C * 4)`` deltas.
+    """
+
+    def __init__(self, in_channels: int, resolution: int, head_dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.fc6 = nn.Linear(in_channels * resolution**2, head_dim)
+        self.fc7 = nn.Linear(head_dim, head_dim)
+        self.cls_score = nn.Linear(head_dim, num_classes + 1)
+        self.bbox_pred = nn.Linear(head_dim, num_classes * 4)
+        nn.init.normal_(self.cls_score.weight, std=0.01)
+        nn.init.normal_(self.bbox_pred.weight, std=0.001)
+        nn.init.zeros_(self.cls_score.bias)
+        nn.init.zeros_(self.bbox_pred.bias)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        x = F.relu(self.fc6(x.flatten(1)))
+        x = F.relu(self.fc7(x))
+        return self.cls_score(x), self.bbox_pred(x)
+
+
+class RoIHeads(nn.Module):
+    """Samples RoIs from proposals (+ GT) in training, pools, classifies and refines boxes.
+
+    Args:
+        pooler: the :class:`MultiLevelRoIAlign`.
+        box_head: the :class:`BoxHead`.
+        matcher: proposal-to-GT matcher (``Matcher(0.5, 0.5)``).
+        box_coder: RoI delta coder (weights ``(10, 10, 5, 5)``).
+        num_classes: ``C``.
+        batch_size_per_image, positive_fraction: RoI sampling.
+        smooth_l1_beta: beta of the box loss.
+        score_threshold, nms_threshold, detections_per_image: inference post-processing.
+        min_size: detections smaller than this (pixels) are dropped.
+    """
+
+    def __init__(
+        self,
+        pooler: MultiLevelRoIAlign,
+        box_head: BoxHead,
+        matcher: Matcher,
+        box_coder: BoxCoder,
+        num_classes: int,
+        batch_size_per_image: int,
+        positive_fraction: float,
+        smooth_l1_beta: float,
+        score_threshold: float,
+        nms_threshold: float,
+        detections_per_image: int,
+        min_size: float = 1e-2,
+    ) -> None:
+        super().__init__()
+        self.pooler = pooler
+        self.box_head = box_head
+        self.matcher = matcher
+        self.box_coder = box_coder
+        self.num_classes = num_classes
+        self.batch_size_per_image = batch_size_per_image
+        self.positive_fraction = positive_fraction
+        self.smooth_l1_beta = smooth_l1_beta
+        self.score_threshold = score_threshold
+        self.nms_threshold = nms_threshold
+        self.detections_per_image = detections_per_image
+        self.min_size = min_size
+
+    def forward(
+        self,
+        features: list[Tensor],
+        proposals: Tensor,
+        proposal_valid: Tensor,
+        image_sizes: Tensor,
+        targets: Targets | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
+        """Losses (with ``targets``) or detections (without).
+
+        Args:
+            features: per level ``(B, F, H_l, W_l)``.
+            proposals: ``(B, P, 4)``; ``proposal_valid`` ``(B, P)``.
+            image_sizes: ``(B, 2)`` true ``(h, w)`` per image.
+
+        Returns:
+            ``(detections, losses)``: with targets ``([], {"loss_cls", "loss_box"})``;
+            without, one ``{"boxes" (D, 4), "scores" (D,), "labels" (D,)}`` per image and ``{}``.
+        """
+        if targets is not None:
+            return [], self.losses(features, proposals, proposal_valid, targets, generator)
+        return self.detect(features, proposals, proposal_valid, image_sizes), {}
+
+    def losses(
+        self,
+        features: list[Tensor],
+        proposals: Tensor,
+        proposal_valid: Tensor,
+        targets: Targets,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, Tensor]:
+        """Cross-entropy + smooth-L1 (true class only) over sampled RoIs, both / number of RoIs."""
+        # ground-truth boxes join the proposals: (B, P + G, 4)
+        boxes = torch.cat([proposals, targets.boxes.to(proposals.dtype)], dim=1)
+        valid = torch.cat([proposal_valid, targets.valid], dim=1)
+        matched_idx, labels = self.matcher(boxes, targets.boxes, targets.valid)  # (B, P + G)
+        labels = labels.masked_fill(~valid, -1)
+        b, i = sample_balanced(labels, self.batch_size_per_image, self.positive_fraction, generator)
+        rois = boxes[b, i]  # (R, 4)
+        matched = matched_idx[b, i]
+        fg = labels[b, i] == 1
+        cls_target = torch.where(fg, targets.labels[b, matched], 0)  # (R,)
+        logits, deltas = self.box_head(self.pooler(features, rois, b))
+        num = max(b.numel(), 1)
+        loss_cls = F.cross_entropy(logits, cls_target, reduction="sum") / num
+        fg_idx = fg.nonzero().squeeze(1)
+        # (R, C*4) -> (R, C, 4), then each foreground RoI's own class
+        pred = deltas.view(-1, self.num_classes, 4)[fg_idx, cls_target[fg_idx] - 1]
+        target_deltas = self.box_coder.encode(rois[fg_idx], targets.boxes[b[fg_idx], matched[fg_idx]])
+        loss_box = F.smooth_l1_loss(pred, target_deltas, beta=self.smooth_l1_beta, reduction="sum") / num
+        return {"loss_cls": loss_cls, "loss_box": loss_box}
+
+    @torch.no_grad()
+    def detect(
+        self, features: list[Tensor], proposals: Tensor, proposal_valid: Tensor, image_sizes: Tensor
+    ) -> list[dict[str, Tensor]]:
+        """Softmax scores, per-class decoding, clip, threshold, class-wise NMS, top detections."""
+        B, C = proposals.shape[0], self.num_classes
+        b, i = proposal_valid.nonzero(as_tuple=True)
+        rois = proposals[b, i]  # (R, 4)
+        logits, deltas = self.box_head(self.pooler(features, rois, b))
+        scores = F.softmax(logits, dim=-1)[:, 1:]  # (R, C)
+        # (R, C*4) -> (R, C, 4) decoded against (R, 1, 4) proposals
+        boxes = self.box_coder.decode(deltas.view(-1, C, 4), rois[:, None, :])
+        boxes = clip_boxes(boxes, image_sizes[b])  # per-RoI image size (R, 2) broadcast over C
+        labels = torch.arange(1, C + 1, device=rois.device)[None, :].expand_as(scores)
+        image = b[:, None].expand_as(scores)
+        # (R, C, ...) -> (R*C, ...)
+        boxes, scores, labels, image = (
+            boxes.reshape(-1, 4),
+            scores.reshape(-1),
+            labels.reshape(-1),
+            image.reshape(-1),
+        )
+        keep = (scores > self.score_threshold) & remove_small_boxes(boxes, self.min_size)
+        boxes, scores, labels, image = boxes[keep], scores[keep], labels[keep], image[keep]
+        kept = batched_nms(boxes, scores, image * (C + 1) + labels, self.nms_threshold)  # descending score
+        order, _, _ = pack_per_image(image[kept], B, self.detections_per_image)
+        kept = kept[order]
+        boxes, scores, labels, image = boxes[kept], scores[kept], labels[kept], image[kept]
+        counts = torch.bincount(image, minlength=B).tolist()
+        return [
+            {"boxes": bx, "scores": sc, "labels": lb}
+            for bx, sc, lb in zip(boxes.split(counts), scores.split(counts), labels.split(counts))
+        ]
