@@ -91,6 +91,8 @@ class DataParams:
     def __post_init__(self) -> None:
         if not 0.0 < self.val_fraction < 1.0:
             raise ParamsError(f"data.val_fraction: {self.val_fraction} must be in (0, 1)")
+        if self.classes is not None and (not self.classes or len(set(self.classes)) != len(self.classes)):
+            raise ParamsError(f"data.classes: {self.classes} must be null or a non-empty list of distinct names")
         if self.source == "coco" and not (self.coco.train_annotations and self.coco.train_images):
             raise ParamsError("data.coco.train_annotations and data.coco.train_images must be set when data.source is coco")
         if self.source == "voc" and not self.voc.root:

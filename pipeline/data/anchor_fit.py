@@ -1,0 +1,211 @@
+"""How well the configured anchors can match the ground truth: "best possible recall".
+
+For every non-crowd ground-truth box (in network-input pixels, i.e. after the training
+resize) take its best IoU over the real anchor grid of an image padded to a multiple of
+the largest stride. The box can become an RPN foreground only through an anchor with
+IoU >= ``fg_iou`` (``model.rpn.iou_thresholds[1]``); the fraction of boxes that have one
+is the best possible recall (BPR). Reported overall, per COCO size bucket (area after
+resize < 32**2, < 96**2, else), per box shape and per class, with the mean best IoU.
+
+Shapes: ``N`` ground-truth boxes, ``A`` anchors of one image (all levels).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+SIZE_BUCKETS = (("small", 32.0**2), ("medium", 96.0**2), ("large", math.inf))
+WARN_BELOW = 0.9
+
+
+def best_anchor_iou(boxes_per_image: Sequence[Tensor | np.ndarray], image_sizes: Sequence[tuple[int, int]],
+                    strides: Sequence[int], scales: Sequence[float] | Sequence[Sequence[float]],
+                    aspect_ratios: Sequence[float]) -> Tensor:
+    """Best IoU ``(N,)`` of each box with any anchor, boxes of all images concatenated in order.
+
+    Args:
+        boxes_per_image: ``(G_i, 4)`` xyxy boxes per image, in network-input pixels.
+        image_sizes: ``(h, w)`` per image (after resize, before padding).
+    """
+    from detector.anchors import AnchorGenerator
+    from detector.boxes import box_iou
+
+    generator = AnchorGenerator(strides, scales, aspect_ratios)
+    pad = max(strides)
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for i, (h, w) in enumerate(image_sizes):
+        by_size.setdefault((int(h), int(w)), []).append(i)
+    boxes = [torch.as_tensor(b, dtype=torch.float32).reshape(-1, 4) for b in boxes_per_image]
+    offsets = np.cumsum([0] + [len(b) for b in boxes])
+    best = torch.zeros(int(offsets[-1]))
+    for (h, w), indices in by_size.items():
+        h_pad, w_pad = math.ceil(h / pad) * pad, math.ceil(w / pad) * pad  # the model pads like this
+        shapes = [(math.ceil(h_pad / s), math.ceil(w_pad / s)) for s in strides]
+        anchors = torch.cat(generator(shapes), dim=0)  # (A, 4)
+        gt = torch.cat([boxes[i] for i in indices], dim=0)  # (N_group, 4)
+        positions = torch.cat([torch.arange(offsets[i], offsets[i + 1]) for i in indices])
+        chunk = max(1, (1 << 24) // max(1, len(anchors)))  # bound the (chunk, A) IoU matrix to 64 MB
+        for start in range(0, len(gt), chunk):
+            iou = box_iou(gt[start:start + chunk], anchors)  # (chunk, A)
+            best[positions[start:start + chunk]] = iou.max(dim=1).values if iou.numel() else 0.0
+    return best
+
+
+def anchor_fit(boxes_per_image: Sequence[Tensor | np.ndarray], image_sizes: Sequence[tuple[int, int]],
+               labels: Sequence[Tensor | np.ndarray] | None, strides: Sequence[int],
+               scales: Sequence[float] | Sequence[Sequence[float]], aspect_ratios: Sequence[float],
+               fg_iou: float, class_names: Sequence[str] | None = None,
+               best_ious: Tensor | np.ndarray | None = None) -> dict[str, Any]:
+    """Best-possible-recall summary of the anchors for these boxes (see the module docstring).
+
+    Args:
+        boxes_per_image: ``(G_i, 4)`` xyxy non-crowd boxes per image, network-input pixels.
+        image_sizes: ``(h, w)`` of each image after resize.
+        labels: ``(G_i,)`` labels in ``1..C`` per image, or ``None`` for no per-class figures.
+        strides, scales, aspect_ratios: as :class:`detector.anchors.AnchorGenerator`.
+        fg_iou: the RPN foreground IoU threshold.
+        class_names: names for labels ``1..C`` in ``by_class``.
+        best_ious: ``(N,)`` from :func:`best_anchor_iou` when already computed.
+
+    Returns:
+        ``{"bpr", "mean_best_iou", "num_boxes", "by_size", "by_shape", "by_class",
+        "failing", "warnings", and the anchor settings}``; ``failing`` counts boxes below
+        ``fg_iou`` by likely cause: ``too_small``, ``too_large``, ``elongated``,
+        ``between_anchors`` (size and ratio covered, but no anchor lands close enough).
+    """
+    if best_ious is None:
+        best_ious = best_anchor_iou(boxes_per_image, image_sizes, strides, scales, aspect_ratios)
+    best = np.asarray(best_ious, dtype=np.float64)
+    gt = np.concatenate([np.asarray(b, dtype=np.float64).reshape(-1, 4) for b in boxes_per_image]
+                        + [np.zeros((0, 4))])
+    w, h = gt[:, 2] - gt[:, 0], gt[:, 3] - gt[:, 1]
+    area = w * h
+    ratio = h / np.maximum(w, 1e-9)
+    hit = best >= fg_iou
+    result: dict[str, Any] = {
+        "fg_iou": fg_iou, "strides": list(strides), "scales": _plain(scales), "aspect_ratios": list(aspect_ratios),
+        **_summary(best, hit, np.ones_like(hit)),
+    }
+    lower = 0.0
+    result["by_size"] = {}
+    for name, upper in SIZE_BUCKETS:
+        result["by_size"][name] = _summary(best, hit, (area >= lower) & (area < upper))
+        lower = upper
+    result["by_shape"] = {
+        "tall (h/w >= 2)": _summary(best, hit, ratio >= 2),
+        "near square": _summary(best, hit, (ratio > 0.5) & (ratio < 2)),
+        "wide (h/w <= 0.5)": _summary(best, hit, ratio <= 0.5),
+    }
+    if labels is not None:
+        lab = np.concatenate([np.asarray(v, dtype=np.int64).reshape(-1) for v in labels] + [np.zeros(0, np.int64)])
+        num = len(class_names) if class_names is not None else int(lab.max(initial=0))
+        names = list(class_names) if class_names is not None else [str(i) for i in range(1, num + 1)]
+        result["by_class"] = {names[c - 1]: _summary(best, hit, lab == c) for c in range(1, num + 1)}
+    result["failing"] = _failing(np.sqrt(area[~hit]), ratio[~hit], strides, scales, aspect_ratios, fg_iou)
+    result["warnings"] = _warnings(result)
+    return result
+
+
+def _summary(best: np.ndarray, hit: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
+    n = int(mask.sum())
+    return {"num_boxes": n, "bpr": round(float(hit[mask].mean()), 4) if n else None,
+            "mean_best_iou": round(float(best[mask].mean()), 4) if n else None}
+
+
+def _failing(side: np.ndarray, ratio: np.ndarray, strides: Sequence[int],
+             scales: Sequence[float] | Sequence[Sequence[float]], aspect_ratios: Sequence[float],
+             fg_iou: float) -> dict[str, int]:
+    """Classify boxes below ``fg_iou``. A concentric anchor of the box's shape but ``k`` times its
+    area has IoU ``1/k``; one of its area but ``k`` times its ratio has IoU ``1/(2 sqrt(k) - 1)``."""
+    if isinstance(scales[0], Sequence):  # one list per level
+        per_level = [[float(s) for s in level] for level in scales]  # type: ignore[union-attr]
+    else:
+        per_level = [[float(s) for s in scales]] * len(strides)  # type: ignore[arg-type]
+    sides = [stride * s for stride, level in zip(strides, per_level) for s in level]
+    lo, hi = min(sides) * math.sqrt(fg_iou), max(sides) / math.sqrt(fg_iou)
+    max_ratio_factor = ((1 + fg_iou) / (2 * fg_iou)) ** 2
+    mismatch = np.min(np.abs(np.log(ratio[:, None] / np.asarray(aspect_ratios)[None, :])), axis=1,
+                      initial=np.inf)
+    too_small, too_large = side < lo, side > hi
+    elongated = ~too_small & ~too_large & (mismatch > math.log(max_ratio_factor))
+    return {"too_small": int(too_small.sum()), "too_large": int(too_large.sum()),
+            "elongated": int(elongated.sum()),
+            "between_anchors": int((~too_small & ~too_large & ~elongated).sum())}
+
+
+def _warnings(result: dict[str, Any]) -> list[str]:
+    if result["bpr"] is None or result["bpr"] >= WARN_BELOW:
+        return []
+    failing, total = result["failing"], result["num_boxes"]
+    head = (f"anchor fit: only {result['bpr']:.1%} of {total} boxes have an anchor with IoU >= "
+            f"{result['fg_iou']} (best possible recall < {WARN_BELOW:.0%})")
+    advice = {
+        "too_small": "add smaller scales to model.anchors.scales (or a lower level to model.fpn_levels)",
+        "too_large": "add larger scales to model.anchors.scales",
+        "elongated": "add aspect ratios like 0.25/4 to model.anchors.aspect_ratios",
+        "between_anchors": "add intermediate scales to model.anchors.scales (e.g. [6, 8, 11]) "
+                           "or lower model.rpn.iou_thresholds",
+    }
+    causes = [f"{n} {key.replace('_', ' ')}: {advice[key]}"
+              for key, n in sorted(failing.items(), key=lambda kv: -kv[1]) if n and n >= 0.02 * total]
+    return [f"{head}. Failing boxes: " + "; ".join(causes) if causes else head]
+
+
+def _plain(scales: Any) -> Any:
+    return [_plain(s) for s in scales] if isinstance(scales, Sequence) else float(scales)
+
+
+def gt_from_coco(coco: dict[str, Any], min_size: int, max_size: int
+                 ) -> tuple[list[np.ndarray], list[tuple[int, int]], list[np.ndarray]]:
+    """Non-crowd boxes ``(G_i, 4)`` xyxy, image sizes and labels of a COCO dict after the
+    training resize (:func:`pipeline.data.transforms.resized_size`), one entry per image."""
+    from pipeline.data.transforms import resized_size
+
+    per_image: dict[int, list[dict]] = {img["id"]: [] for img in coco["images"]}
+    for ann in coco["annotations"]:
+        if not ann.get("iscrowd", 0):
+            per_image[ann["image_id"]].append(ann)
+    boxes, sizes, labels = [], [], []
+    for img in coco["images"]:
+        new_h, new_w = resized_size(img["height"], img["width"], min_size, max_size)
+        sx, sy = new_w / img["width"], new_h / img["height"]
+        xywh = np.asarray([a["bbox"] for a in per_image[img["id"]]], dtype=np.float64).reshape(-1, 4)
+        boxes.append(np.stack([xywh[:, 0] * sx, xywh[:, 1] * sy, (xywh[:, 0] + xywh[:, 2]) * sx,
+                               (xywh[:, 1] + xywh[:, 3]) * sy], axis=1))
+        sizes.append((new_h, new_w))
+        labels.append(np.asarray([a["category_id"] for a in per_image[img["id"]]], dtype=np.int64))
+    return boxes, sizes, labels
+
+
+def plot_anchor_fit(fits: dict[str, dict[str, Any]], best_ious: dict[str, np.ndarray], path: str) -> None:
+    """Histogram of best anchor IoU per split and BPR per size bucket / shape, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for split, ious in best_ious.items():
+        axes[0].hist(ious, bins=np.linspace(0, 1, 41), alpha=0.6, label=f"{split} (BPR {fits[split]['bpr']})")
+    fg = next(iter(fits.values()))["fg_iou"]
+    axes[0].axvline(fg, color="k", linestyle="--", label=f"RPN foreground IoU {fg}")
+    axes[0].set(xlabel="best anchor IoU per ground-truth box", ylabel="boxes")
+    axes[0].legend()
+    groups = [("by_size", k) for k, _ in SIZE_BUCKETS] + [("by_shape", k) for k in next(iter(fits.values()))["by_shape"]]
+    x = np.arange(len(groups))
+    for j, (split, fit) in enumerate(fits.items()):
+        values = [fit[g][k]["bpr"] or 0.0 for g, k in groups]
+        axes[1].bar(x + j * 0.4 - 0.2, values, width=0.4, label=split)
+    axes[1].set_xticks(x, [k.split(" (")[0] for _, k in groups], rotation=20)
+    axes[1].set(ylabel="best possible recall", ylim=(0, 1.05))
+    axes[1].axhline(WARN_BELOW, color="k", linestyle=":")
+    axes[1].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

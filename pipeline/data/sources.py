@@ -1,0 +1,73 @@
+"""Read the train and val splits of the configured source (``data.source``)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from pipeline.data.errors import DataError, EmptySplitError
+from pipeline.data.records import Split
+from pipeline.params import DataParams
+
+
+def load_splits(data: DataParams, counts: dict[str, Counter]) -> tuple[Split, Split]:
+    """``(train, val)`` from ``data.source``; box outcomes are added to ``counts[split]``.
+
+    Raises:
+        DataError: bad input (see :mod:`pipeline.data.errors`), including an empty split.
+    """
+    if data.source == "synthetic":
+        train, val = _synthetic(data)
+    elif data.source == "coco":
+        train, val = _coco(data, counts)
+    elif data.source == "voc":
+        from pipeline.data.voc import read_voc
+
+        assert data.voc.root is not None
+        train, val = read_voc(data.voc.root, data.on_invalid_box, counts, data.seed, data.val_fraction, data.classes)
+    else:  # pragma: no cover - params validation rejects other values
+        raise DataError(f"data.source: unknown source {data.source!r}")
+    for split in (train, val):
+        if not split.images:
+            raise EmptySplitError(f"{split.source}: the {split.name} split has no images; "
+                                  f"add images to it or change the split (data.val_fraction)")
+    return train, val
+
+
+def _synthetic(data: DataParams) -> tuple[Split, Split]:
+    from pipeline.data.synthetic import SHAPES, SyntheticConfig, generate_split
+
+    s = data.synthetic
+    config = SyntheticConfig(
+        image_size=s.image_size, min_objects=s.min_objects, max_objects=s.max_objects,
+        min_object_size=s.min_object_size, max_object_size=s.max_object_size,
+        max_aspect_ratio=s.max_aspect_ratio, tall_wide_only=s.tall_wide_only,
+        class_names=tuple(data.classes) if data.classes is not None else SHAPES,
+    )
+    try:
+        train = generate_split("train", s.num_train, data.seed, config)
+        val = generate_split("val", s.num_val, data.seed, config, first_image_id=s.num_train + 1,
+                             first_box_id=1 + sum(len(r.boxes) for r in train.images))
+    except ValueError as err:
+        raise DataError(str(err)) from err
+    return train, val
+
+
+def _coco(data: DataParams, counts: dict[str, Counter]) -> tuple[Split, Split]:
+    from pipeline.data.coco import read_coco
+    from pipeline.data.split import seeded_split
+
+    c = data.coco
+    assert c.train_annotations is not None and c.train_images is not None
+    train = read_coco(c.train_annotations, c.train_images, "train", data.on_invalid_box, counts["train"],
+                      classes=data.classes)
+    if c.val_annotations:
+        val_images = c.val_images or str(Path(c.val_annotations).parent)
+        val = read_coco(c.val_annotations, val_images, "val", data.on_invalid_box, counts["val"],
+                        class_names=train.class_names)
+        return train, val
+    train_images, val_images = seeded_split(train.images, data.seed, data.val_fraction, train.source)
+    val = Split("val", train.class_names, val_images, train.source)
+    # box outcomes were counted while reading the one file: they stay under counts["train"]
+    return Split("train", train.class_names, train_images, train.source), val
+

@@ -1,0 +1,124 @@
+"""``python -m pipeline prepare``: read the configured source (``data`` params), validate it,
+and write a self-contained COCO dataset to ``data/prepared/`` plus data reports.
+
+Outputs (relative to the working directory):
+
+* ``data/prepared/{train,val}.json`` and ``data/prepared/images/{train,val}/`` (see
+  :mod:`pipeline.data.export` for the layout);
+* ``reports/data.json``: images, boxes, classes per split, boxes per class, and every
+  clipped / dropped / filtered / difficult count;
+* ``reports/box_stats.json`` + ``.png``: box width/height/area/aspect-ratio histograms;
+* ``reports/anchor_fit.json`` + ``.png``: best possible recall of the ``model.anchors``
+  after the ``data.resize`` resize (see :mod:`pipeline.data.anchor_fit`).
+
+All input is read and checked before the old outputs are removed and rewritten, so a
+failed run leaves the previous dataset in place and a smaller dataset leaves no stale files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.params import DataParams, Params, ParamsError
+
+PREPARED_DIR = Path("data/prepared")
+REPORTS_DIR = Path("reports")
+REPORT_FILES = ("data.json", "box_stats.json", "box_stats.png", "anchor_fit.json", "anchor_fit.png")
+
+
+@dataclass(frozen=True)
+class AnchorSettings:
+    """The model's anchors as the anchor-fit report needs them."""
+
+    strides: list[int]
+    scales: list[float] | list[list[float]]
+    aspect_ratios: list[float]
+    fg_iou: float
+
+
+def run(params: Params, args: argparse.Namespace) -> int:
+    """Stage entry point: bad input is printed as ``error: ...`` with exit code 2."""
+    from pipeline.data.errors import DataError
+
+    try:
+        model = params.detector_config(num_classes=1)
+        anchors = AnchorSettings(strides=list(model.strides), scales=model.anchors.scales,
+                                 aspect_ratios=list(model.anchors.aspect_ratios),
+                                 fg_iou=float(model.rpn.iou_thresholds[1]))
+        start = time.perf_counter()
+        report = prepare(params.data, anchors)
+    except (DataError, ParamsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for split in ("train", "val"):
+        s = report["data"][split]
+        print(f"{split}: {s['images']} images, {s['boxes']} boxes ({s['crowd_boxes']} crowd/difficult), "
+              f"{s['classes']} classes; input boxes: {s['input_boxes'] or 'all valid'}")
+    fit = report["anchor_fit"]
+    print(f"anchor fit (train): best possible recall {fit['bpr']}, mean best IoU {fit['mean_best_iou']} "
+          f"at RPN foreground IoU {anchors.fg_iou}")
+    for warning in fit["train"]["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"wrote {PREPARED_DIR}/ and {REPORTS_DIR}/ in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def prepare(data: DataParams, anchors: AnchorSettings, out_dir: Path = PREPARED_DIR,
+            reports_dir: Path = REPORTS_DIR) -> dict[str, Any]:
+    """Read, validate and write the dataset and its reports; return ``{"data", "anchor_fit"}``.
+
+    Raises:
+        DataError: bad input, with the file and record named.
+    """
+    from pipeline.data.anchor_fit import anchor_fit, best_anchor_iou, gt_from_coco, plot_anchor_fit
+    from pipeline.data.export import to_coco, write_split
+    from pipeline.data.sources import load_splits
+    from pipeline.data.stats import box_stats, plot_box_stats, split_summary
+    from pipeline.data.validate import check_images
+
+    counts = {"train": Counter(), "val": Counter()}
+    train, val = load_splits(data, counts)
+    check_images(train.images + val.images)
+    for split in (train, val):
+        to_coco(split)  # file name clashes are bad input too: find them before deleting anything
+
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    for name in REPORT_FILES:
+        (reports_dir / name).unlink(missing_ok=True)
+    cocos = {split.name: write_split(split, out_dir) for split in (train, val)}
+
+    data_report: dict[str, Any] = {
+        "source": data.source, "on_invalid_box": data.on_invalid_box, "class_names": train.class_names,
+        **{name: split_summary(coco, counts[name]) for name, coco in cocos.items()},
+    }
+    _write_json(reports_dir / "data.json", data_report)
+    stats = {name: box_stats(coco) for name, coco in cocos.items()}
+    _write_json(reports_dir / "box_stats.json", stats)
+    plot_box_stats(stats, str(reports_dir / "box_stats.png"))
+
+    fits, ious = {}, {}
+    for name, coco in cocos.items():
+        boxes, sizes, labels = gt_from_coco(coco, data.resize.min_size, data.resize.max_size)
+        ious[name] = best_anchor_iou(boxes, sizes, anchors.strides, anchors.scales, anchors.aspect_ratios).numpy()
+        fits[name] = anchor_fit(boxes, sizes, labels, anchors.strides, anchors.scales, anchors.aspect_ratios,
+                                anchors.fg_iou, class_names=train.class_names, best_ious=ious[name])
+    fit_report = {"bpr": fits["train"]["bpr"], "mean_best_iou": fits["train"]["mean_best_iou"],
+                  "resize": {"min_size": data.resize.min_size, "max_size": data.resize.max_size}, **fits}
+    _write_json(reports_dir / "anchor_fit.json", fit_report)
+    plot_anchor_fit(fits, ious, str(reports_dir / "anchor_fit.png"))
+    return {"data": data_report, "anchor_fit": fit_report}
+
+
+def _write_json(path: Path, value: Any) -> None:
+    path.write_text(json.dumps(value, indent=2) + "\n")
