@@ -146,8 +146,30 @@ class EvaluateParams:
 
 @dataclass
 class TuneParams:
-    num_samples: int = 4
+    """The ``tune`` section: a Ray Tune sweep (``pipeline/tuning/``). ``space`` is checked there."""
+
+    search: Literal["grid", "random"] = "grid"
+    num_samples: int = 1           # grid: repeats of the whole grid; random: number of trials
     max_concurrent_trials: int = 1
+    seed: int = 0                  # random sampling seed
+    space: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 4                # per trial; overrides train.epochs
+    metric: Literal["AP50", "AP"] = "AP50"
+    mode: Literal["max", "min"] = "max"
+    grace_period: int = 1          # ASHA: epochs before a trial can be stopped
+    reduction_factor: int = 2      # ASHA: keep the top 1/reduction_factor at each rung
+    workers_per_trial: int | None = None   # null: ray.num_workers
+    cpus_per_worker: float | None = None   # null: ray.cpus_per_worker
+    use_gpu: bool | None = None            # null: ray.use_gpu
+
+    def __post_init__(self) -> None:
+        _positive(self, "tune", ["num_samples", "max_concurrent_trials", "epochs", "grace_period"])
+        if self.reduction_factor < 2:
+            raise ParamsError(f"tune.reduction_factor: {self.reduction_factor} must be >= 2")
+        for name, fallback in (("workers_per_trial", "num_workers"), ("cpus_per_worker", "cpus_per_worker")):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ParamsError(f"tune.{name}: {value} must be > 0 (or null to reuse ray.{fallback})")
 
 
 @dataclass
