@@ -134,14 +134,21 @@ class MlflowParams:
 
 @dataclass
 class EvaluateParams:
+    """The ``evaluate`` section: the ``evaluate`` stage and the defaults of ``predict``."""
+
     batch_size: int = 8
-    score_threshold: float = 0.05
+    score_threshold: float = 0.05       # detections below this are not written (nor scored)
+    draw_score_threshold: float = 0.3   # pictures draw only detections at least this confident
     num_pictures: int = 8
+    device: Literal["cpu", "cuda", "auto"] = "cpu"  # auto: cuda when available
 
     def __post_init__(self) -> None:
         _positive(self, "evaluate", ["batch_size"])
-        if not 0.0 <= self.score_threshold < 1.0:
-            raise ParamsError(f"evaluate.score_threshold: {self.score_threshold} must be in [0, 1)")
+        for name in ("score_threshold", "draw_score_threshold"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ParamsError(f"evaluate.{name}: {getattr(self, name)} must be in [0, 1)")
+        if self.num_pictures < 0:
+            raise ParamsError(f"evaluate.num_pictures: {self.num_pictures} must be >= 0")
 
 
 @dataclass

@@ -1,0 +1,73 @@
+"""Log evaluation results into the MLflow run of the training that produced the model."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+METRIC_PREFIX = "eval/"
+
+
+def resolve_tracking_uri(configured: str | None, root: str | Path = ".") -> str:
+    """``mlflow.tracking_uri`` param, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<root>/mlflow.db``."""
+    return configured or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
+
+
+def flat_metrics(metrics: Mapping[str, Any], prefix: str = METRIC_PREFIX) -> dict[str, float]:
+    """Numeric metrics as MLflow keys: ``eval/AP``, ``eval/AP_per_class/<class>``, ...
+
+    Values of -1 (COCOeval's "no ground truth") are left out, so they do not pollute charts.
+    """
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, Mapping):
+            out.update(flat_metrics(value, f"{prefix}{key}/"))
+        elif isinstance(value, int | float) and not isinstance(value, bool) and value != -1:
+            out[prefix + re.sub(r"[^\w\-. /:]", "_", str(key))] = float(value)
+    return out
+
+
+def log_to_training_run(run_file: str | Path, metrics: Mapping[str, Any], artifacts: Sequence[str | Path],
+                        artifact_path: str = "evaluation") -> str | None:
+    """Log ``metrics`` and ``artifacts`` (files or folders) into the run named by ``run_file``.
+
+    ``run_file`` is training's ``models/mlflow_run.json`` (``{"run_id", "tracking_uri", ...}``).
+    Returns the run id, or None (with a warning on stderr) when there is no such file or the run
+    cannot be reached: the reports on disk are the primary output and are kept either way.
+    """
+    run_file = Path(run_file)
+    if not run_file.is_file():
+        print(f"note: {run_file} not found; evaluation is not logged to MLflow", file=sys.stderr)
+        return None
+    try:
+        info = json.loads(run_file.read_text())
+        run_id, uri = info["run_id"], info.get("tracking_uri") or resolve_tracking_uri(None)
+    except (ValueError, KeyError, TypeError) as err:
+        print(f"warning: {run_file} is not a valid MLflow run file ({err!r}); evaluation is not logged to MLflow",
+              file=sys.stderr)
+        return None
+    try:
+        from mlflow.entities import Metric
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=uri)
+        client.get_run(run_id)  # fails early and clearly if the run is not there
+        now_ms = int(time.time() * 1000)
+        values = [Metric(key, value, now_ms, 0) for key, value in flat_metrics(metrics).items()]
+        client.log_batch(run_id, metrics=values)
+        for path in map(Path, artifacts):
+            if path.is_dir():
+                client.log_artifacts(run_id, str(path), f"{artifact_path}/{path.name}")
+            elif path.is_file():
+                client.log_artifact(run_id, str(path), artifact_path)
+    except Exception as err:  # noqa: BLE001 - any tracking failure must not lose the evaluation
+        print(f"warning: could not log evaluation to MLflow run {run_id} at {uri} "
+              f"({err.__class__.__name__}: {err}); the reports on disk are complete", file=sys.stderr)
+        return None
+    return run_id
