@@ -59,7 +59,7 @@ def read_voc(root: str | Path, policy: Policy, counts: dict[str, Counter], seed:
         ids = {"train": _read_ids(main / "train.txt"), "val": _read_ids(main / "val.txt")}
     else:
         all_ids = (_read_ids(main / "trainval.txt") if (main / "trainval.txt").is_file()
-                   else sorted(p.stem for p in (root / "Annotations").glob("*.xml")))
+                   else [(p.stem, str(p)) for p in sorted((root / "Annotations").glob("*.xml"))])
         train_ids, val_ids = seeded_split(all_ids, seed, val_fraction, str(root))
         ids = {"train": train_ids, "val": val_ids}
 
@@ -89,7 +89,8 @@ def read_voc(root: str | Path, policy: Policy, counts: dict[str, Counter], seed:
                 bbox = check_box(obj.bbox, image.width, image.height, policy, obj.where, counts[name])
                 if bbox is None:
                     continue
-                counts[name]["difficult"] += int(obj.difficult)
+                if obj.difficult:
+                    counts[name]["difficult"] += 1
                 record.boxes.append(Box(id=box_id, bbox=bbox, label=classes.index(obj.name) + 1,
                                         iscrowd=int(obj.difficult), difficult=obj.difficult))
                 box_id += 1
