@@ -62,9 +62,10 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError, OSError) as err:
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
         raise ValueError(
-            f"checkpoint {str(path)!r} could not be read ({err.__class__.__name__}: {err}); "
-            f"expected {_EXPECTED}"
+            f"checkpoint {str(path)!r} could not be read as a torch file with weights_only=True "
+            f"({err.__class__.__name__}: {reason}); expected {_EXPECTED}"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         what = "a plain state_dict" if isinstance(payload, dict) else type(payload).__name__

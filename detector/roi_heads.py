@@ -192,11 +192,12 @@ class RoIHeads(nn.Module):
         rois = boxes[b, i]  # (R, 4)
         matched = matched_idx[b, i]
         fg = labels[b, i] == 1
-        cls_target = torch.where(fg, targets.labels[b, matched], 0)  # (R,)
+        fg_idx = fg.nonzero().squeeze(1)
+        cls_target = torch.zeros_like(b)  # (R,) background unless foreground
+        cls_target[fg_idx] = targets.labels[b[fg_idx], matched[fg_idx]]
         logits, deltas = self.box_head(self.pooler(features, rois, b))
         num = max(b.numel(), 1)
         loss_cls = F.cross_entropy(logits, cls_target, reduction="sum") / num
-        fg_idx = fg.nonzero().squeeze(1)
         # (R, C*4) -> (R, C, 4), then each foreground RoI's own class
         pred = deltas.view(-1, self.num_classes, 4)[fg_idx, cls_target[fg_idx] - 1]
         target_deltas = self.box_coder.encode(rois[fg_idx], targets.boxes[b[fg_idx], matched[fg_idx]])

@@ -1,0 +1,62 @@
+import pytest
+import torch
+import torchvision
+from torchvision.ops import FrozenBatchNorm2d
+
+from detector.backbone import SPECS, build_backbone
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_channels_and_strides(name):
+    spec = SPECS[name]
+    trunk = torchvision.models.get_model(name).eval()
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    body = create_feature_extractor(trunk, return_nodes={n: n for n in spec.nodes})
+    with torch.no_grad():
+        outs = body(torch.zeros(1, 3, 64, 96))
+    assert [outs[n].shape[1] for n in spec.nodes] == list(spec.channels)
+    assert [tuple(outs[n].shape[-2:]) for n in spec.nodes] == [(64 // s, 96 // s) for s in (4, 8, 16, 32)]
+
+
+@pytest.mark.parametrize("levels", [[3, 4, 5], [2, 3, 4], [3, 4, 5, 6]])
+def test_fpn_levels(levels):
+    bb = build_backbone("resnet18", levels, 16).eval()
+    with torch.no_grad():
+        feats = bb(torch.zeros(1, 3, 128, 192))
+    assert bb.strides == [2**lv for lv in levels]
+    assert [tuple(f.shape) for f in feats] == [(1, 16, 128 // s, 192 // s) for s in bb.strides]
+
+
+def test_from_scratch_uses_trainable_batch_norm():
+    bb = build_backbone("resnet18", [3, 4, 5], 16, pretrained=None, trainable_layers=0)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in bb.modules())
+    assert all(p.requires_grad for p in bb.parameters())
+
+
+def test_pretrained_from_local_file_freezes_bottom_stages(tmp_path):
+    trunk = torchvision.models.resnet18()
+    path = tmp_path / "resnet18.pth"
+    torch.save(trunk.state_dict(), path)
+    bb = build_backbone("resnet18", [3, 4, 5], 16, pretrained=str(path), trainable_layers=2)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in bb.modules())
+    assert any(isinstance(m, FrozenBatchNorm2d) for m in bb.modules())
+    params = dict(bb.body.named_parameters())
+    torch.testing.assert_close(params["conv1.weight"], trunk.conv1.weight)
+    frozen = {n.split(".")[0] for n, p in params.items() if not p.requires_grad}
+    trainable = {n.split(".")[0] for n, p in params.items() if p.requires_grad}
+    assert frozen == {"conv1", "layer1", "layer2"} and trainable == {"layer3", "layer4"}
+
+
+def test_pretrained_errors(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        build_backbone("resnet18", [3, 4, 5], 16, pretrained=str(tmp_path / "missing.pth"))
+    with pytest.raises(ValueError, match="neither a file nor a torchvision weights name"):
+        build_backbone("resnet18", [3, 4, 5], 16, pretrained="NoSuch_Weights.V1")
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(torchvision.models.WeightsEnum, "get_state_dict", offline)
+    with pytest.raises(RuntimeError, match="torch hub cache .* or pass its path"):
+        build_backbone("resnet18", [3, 4, 5], 16, pretrained="DEFAULT")
