@@ -102,12 +102,42 @@ class DataParams:
 @dataclass
 class TrainParams:
     epochs: int = 12
-    batch_size: int = 4
-    lr: float = 0.02
+    batch_size: int = 4                      # images per worker per step
+    lr: float = 0.02                         # at reference_batch_size images per step (see lr_scaling)
     seed: int = 0
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    momentum: float = 0.9                    # sgd only
+    weight_decay: float = 1e-4
+    lr_scaling: Literal["linear", "none"] = "linear"  # linear: lr x total_batch / reference_batch_size
+    reference_batch_size: int = 16
+    lr_schedule: Literal["multistep", "cosine"] = "multistep"
+    lr_steps: list[int] = field(default_factory=lambda: [8, 11])  # multistep: epochs where lr *= lr_gamma
+    lr_gamma: float = 0.1
+    warmup_iters: int = 50                   # linear warm-up from warmup_factor x lr over this many steps
+    warmup_factor: float = 0.001
+    grad_clip_norm: float | None = 10.0      # null: no clipping
+    amp: Literal["bf16", "fp16", "off"] = "bf16"  # autocast dtype on GPU; CPU always trains in float32
+    hflip_prob: float = 0.5
+    color_jitter: float = 0.0
+    val_every: int = 1                       # epochs between validations; 0: never
+    log_every: int = 10                      # steps between progress lines / step metrics
+    loader_workers: int = 0                  # DataLoader worker processes per training worker
 
     def __post_init__(self) -> None:
-        _positive(self, "train", ["epochs", "batch_size", "lr"])
+        _positive(self, "train", ["epochs", "batch_size", "lr", "reference_batch_size", "lr_gamma",
+                                  "warmup_factor", "log_every"])
+        for name in ("momentum", "weight_decay", "warmup_iters", "val_every", "loader_workers",
+                     "color_jitter"):
+            if getattr(self, name) < 0:
+                raise ParamsError(f"train.{name}: {getattr(self, name)} must be >= 0")
+        if self.warmup_factor > 1:
+            raise ParamsError(f"train.warmup_factor: {self.warmup_factor} must be in (0, 1]")
+        if not 0.0 <= self.hflip_prob <= 1.0:
+            raise ParamsError(f"train.hflip_prob: {self.hflip_prob} must be in [0, 1]")
+        if any(s <= 0 for s in self.lr_steps) or self.lr_steps != sorted(set(self.lr_steps)):
+            raise ParamsError(f"train.lr_steps: {self.lr_steps} must be increasing positive epochs")
+        if self.grad_clip_norm is not None and self.grad_clip_norm <= 0:
+            raise ParamsError(f"train.grad_clip_norm: {self.grad_clip_norm} must be > 0 or null")
 
 
 @dataclass
@@ -118,9 +148,12 @@ class RayParams:
     cpus_per_worker: float = 1
     storage_path: str | None = None
     max_failures: int = 1
+    resources_per_worker: dict[str, float] = field(default_factory=dict)  # extra custom resources
+    checkpoints_to_keep: int = 2             # the latest checkpoint is always kept as well
+    checkpoint_score_attribute: str | None = None  # null: keep the latest; e.g. AP50 (max) or loss (min)
 
     def __post_init__(self) -> None:
-        _positive(self, "ray", ["num_workers", "cpus_per_worker"])
+        _positive(self, "ray", ["num_workers", "cpus_per_worker", "checkpoints_to_keep"])
         if self.max_failures < -1:
             raise ParamsError(f"ray.max_failures: {self.max_failures} must be >= -1 (-1 retries forever)")
 
@@ -129,7 +162,8 @@ class RayParams:
 class MlflowParams:
     tracking_uri: str | None = None
     experiment_name: str = "faster-rcnn"
-    registered_model_name: str | None = "faster-rcnn-fpn"
+    registered_model_name: str | None = "faster-rcnn-fpn"  # null: log the model without registering it
+    log_model: bool = True                   # log the final model as an MLflow model (pickle format)
 
 
 @dataclass

@@ -1,0 +1,299 @@
+"""The per-worker training function that Ray Train runs on every DDP rank.
+
+Layer 1 of 3 (see ``driver.py``): it receives everything through ``config`` (built by the
+driver), never reads ``params.yaml`` or the environment itself.
+
+Each rank reads its own shard of the training images (a ``DistributedSampler`` with
+``drop_last=True``, so ranks never share an image within an epoch), every rank calls
+``ray.train.report`` once per epoch and rank 0 attaches the checkpoint. Epochs are
+idempotent: the RNGs are reseeded from ``(seed, epoch, rank)`` at every epoch start and a
+repeated epoch replaces its row in the history.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from pipeline.params import Params
+from pipeline.training import state as train_state
+from pipeline.training.optim import build_optimizer, build_scheduler, scaled_lr
+
+__all__ = ["NonFiniteLossError", "check_finite", "train_loop_per_worker", "training_targets"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss became NaN or infinite; the message names the epoch, step and loss terms."""
+
+
+def check_finite(losses: dict[str, float], *, epoch: int, step: int, global_step: int,
+                 total: float | None = None) -> None:
+    """Raise :class:`NonFiniteLossError` if any loss term or the total (default: their sum) is not finite."""
+    total = sum(losses.values()) if total is None else total
+    if all(math.isfinite(v) for v in losses.values()) and math.isfinite(total):
+        return
+    terms = ", ".join(f"{k}={v:.4g}" for k, v in losses.items())
+    raise NonFiniteLossError(
+        f"non-finite loss at epoch {epoch + 1}, step {step + 1} (global step {global_step + 1}): "
+        f"total={total:.4g} ({terms}); lower train.lr, enable train.grad_clip_norm or check the data"
+    )
+
+
+def training_targets(targets: list[dict[str, Tensor]], device: torch.device) -> list[dict[str, Tensor]]:
+    """Boxes and labels the model trains on: crowd regions (``iscrowd=1``) removed."""
+    out = []
+    for t in targets:
+        keep = t["iscrowd"] == 0 if "iscrowd" in t else torch.ones(len(t["boxes"]), dtype=torch.bool)
+        out.append({"boxes": t["boxes"][keep].to(device, torch.float32),
+                    "labels": t["labels"][keep].to(device, torch.int64)})
+    return out
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
+    """Train on this rank; returns (on every rank) the status and the per-epoch history.
+
+    ``config`` keys: ``params`` (:class:`Params`), ``data_dir`` (absolute), ``mlflow``
+    (``{"tracking_uri", "run_id"}`` or None), ``debug`` (test hooks: ``record_dir``,
+    ``fault_at_step``, ``fault_marker``, ``nonfinite_at_step``).
+    """
+    import ray.train
+    import ray.train.torch
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from detector import build_model
+    from pipeline.data.dataset import CocoDetectionDataset, collate_detection
+    from pipeline.data.transforms import build_transforms
+
+    params: Params = config["params"]
+    train = params.train
+    debug = config.get("debug") or {}
+    data_dir = Path(config["data_dir"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(max(1, int(params.ray.cpus_per_worker)))
+    device = ray.train.torch.get_device()
+
+    resize = params.data.resize
+    train_ds = CocoDetectionDataset(
+        data_dir / "train.json",
+        transforms=build_transforms(True, resize.min_size, resize.max_size,
+                                    hflip_prob=train.hflip_prob, color_jitter=train.color_jitter),
+    )
+    sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True,
+                                 seed=train.seed, drop_last=True)
+    loader = DataLoader(train_ds, batch_size=train.batch_size, sampler=sampler, collate_fn=collate_detection,
+                        num_workers=train.loader_workers, persistent_workers=train.loader_workers > 0)
+    steps_per_epoch = len(loader)
+    if steps_per_epoch == 0:
+        raise ValueError(f"{data_dir / 'train.json'}: {len(train_ds)} images are fewer than "
+                         f"{world} workers; nothing to train on")
+
+    model_config = params.detector_config(train_ds.num_classes, list(train_ds.class_names))
+    torch.manual_seed(train.seed)  # identical initial weights on every rank
+    model = build_model(model_config)
+    model = ray.train.torch.prepare_model(model)  # to device; DDP (gloo/NCCL) when world > 1
+    bare: nn.Module = model.module if hasattr(model, "module") else model
+
+    base_lr = scaled_lr(train, world)
+    optimizer = build_optimizer(bare, train, base_lr)
+    scheduler = build_scheduler(optimizer, train, steps_per_epoch)
+    amp_dtype = None
+    if device.type == "cuda" and train.amp != "off":
+        amp_dtype = torch.bfloat16 if train.amp == "bf16" else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+
+    start_epoch, global_step, history = 0, 0, []
+    checkpoint = ray.train.get_checkpoint()
+    resumed_optimizer_steps = 0
+    if checkpoint is not None:
+        with checkpoint.as_directory() as ckpt_dir:
+            saved = train_state.load_state(ckpt_dir)
+        bare.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        scaler.load_state_dict(saved["scaler"])
+        start_epoch, global_step, history = saved["epoch"], saved["global_step"], saved["history"]
+        resumed_optimizer_steps = len(optimizer.state)
+        if rank == 0:
+            _say(f"resuming from the checkpoint after epoch {start_epoch} (global step {global_step})")
+    _record(debug, rank, "start", {"start_epoch": start_epoch, "global_step": global_step,
+                                   "optimizer_state_tensors": resumed_optimizer_steps,
+                                   "node_id": ray.get_runtime_context().get_node_id(),
+                                   "world_size": world})
+
+    val_ds = None
+    if rank == 0 and train.val_every:
+        val_ds = CocoDetectionDataset(data_dir / "val.json",
+                                      transforms=build_transforms(False, resize.min_size, resize.max_size))
+    logger = _MlflowLogger(config.get("mlflow")) if rank == 0 else None
+    run_start = time.perf_counter()
+    steps_done_this_run = 0
+
+    for epoch in range(start_epoch, train.epochs):
+        train_state.seed_everything(train.seed, epoch, rank)
+        sampler.set_epoch(epoch)
+        model.train()
+        sums: dict[str, float] = {}
+        images_seen = 0
+        epoch_start = time.perf_counter()
+        seen_ids: list[int] = []
+        for step, (images, targets) in enumerate(loader):
+            _maybe_inject_fault(debug, rank, global_step)
+            seen_ids += [int(t["image_id"]) for t in targets]
+            step_start = time.perf_counter()
+            images = [img.to(device, non_blocking=True) for img in images]
+            tgts = training_targets(targets, device)
+            autocast = (torch.autocast(device_type=device.type, dtype=amp_dtype) if amp_dtype is not None
+                        else nullcontext())
+            with autocast:
+                loss_dict = model(images, tgts)
+            names = sorted(loss_dict)
+            total = sum(loss_dict[k] for k in names)
+            if debug.get("nonfinite_at_step") == global_step:
+                total = total * float("nan")
+            # mean over ranks of every term and the total: one small all-reduce, also the finite check
+            values = torch.stack([loss_dict[k].detach().float() for k in names] + [total.detach().float()])
+            if world > 1:
+                torch.distributed.all_reduce(values)
+                values /= world
+            reduced = dict(zip(names + ["loss"], values.tolist()))
+            try:  # every rank sees the same reduced values, so all ranks stop together
+                check_finite({k: reduced[k] for k in names}, epoch=epoch, step=step, global_step=global_step,
+                             total=reduced["loss"])
+            except NonFiniteLossError as err:
+                # returning (not raising) keeps Ray's FailureConfig from retrying a deterministic failure
+                return {"status": "nonfinite", "error": str(err), "history": history, "world_size": world}
+
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(total).backward()
+            if train.grad_clip_norm is not None:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(bare.parameters(), train.grad_clip_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            lr = optimizer.param_groups[0]["lr"]
+            scheduler.step()
+
+            global_step += 1
+            steps_done_this_run += 1
+            images_seen += len(images) * world
+            for k, v in reduced.items():
+                sums[k] = sums.get(k, 0.0) + v
+            if rank == 0 and (step % train.log_every == 0 or step + 1 == steps_per_epoch):
+                step_time = time.perf_counter() - step_start
+                ips = len(images) * world / max(step_time, 1e-9)
+                elapsed = time.perf_counter() - run_start
+                remaining = (train.epochs * steps_per_epoch - global_step) * elapsed / steps_done_this_run
+                _say(f"epoch {epoch + 1}/{train.epochs} step {step + 1}/{steps_per_epoch} "
+                     f"loss {reduced['loss']:.3f} ({' '.join(f'{k[5:]} {reduced[k]:.3f}' for k in names)}) "
+                     f"lr {lr:.2e} {ips:.1f} img/s ETA {_hms(remaining)}")
+                logger.log({**{f"train/{k}": v for k, v in reduced.items()}, "train/lr": lr,
+                            "train/images_per_s": ips}, step=global_step)
+
+        epoch_time = time.perf_counter() - epoch_start
+        _record(debug, rank, f"epoch{epoch}", {"image_ids": seen_ids})
+        row: dict[str, Any] = {"epoch": epoch + 1}
+        row |= {k: v / steps_per_epoch for k, v in sums.items()}
+        row |= {"lr": optimizer.param_groups[0]["lr"], "images_per_s": images_seen / epoch_time,
+                "epoch_time_s": epoch_time, "global_step": global_step}
+        if val_ds is not None and ((epoch + 1) % train.val_every == 0 or epoch + 1 == train.epochs):
+            row |= _validate(bare, val_ds, params, device)
+        history = [h for h in history if h["epoch"] != epoch + 1] + [row]  # a repeated epoch replaces its row
+        if rank == 0:
+            _say("epoch {}/{} done in {:.1f}s: loss {:.3f}, {:.1f} img/s{}".format(
+                epoch + 1, train.epochs, epoch_time, row["loss"], row["images_per_s"],
+                "".join(f", {k} {row[k]:.3f}" for k in ("AP50", "AP", "val_loss") if k in row)))
+            logger.log({f"epoch/{k}": v for k, v in row.items() if k != "epoch" and _is_number(v)},
+                        step=epoch + 1)
+        metrics = {k: v for k, v in row.items() if _is_number(v)}
+        if rank == 0:
+            with tempfile.TemporaryDirectory() as tmp:
+                train_state.save_state(tmp, {
+                    "model": bare.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                    "epoch": epoch + 1, "global_step": global_step, "history": history,
+                    "rng": train_state.rng_state(), "model_config": model_config.to_dict(),
+                    "class_names": list(train_ds.class_names), "world_size": world,
+                })
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        else:
+            ray.train.report(metrics, checkpoint=None)
+    return {"status": "ok", "history": history, "world_size": world, "steps_per_epoch": steps_per_epoch,
+            "base_lr": base_lr}
+
+
+# --------------------------------------------------------------------------- helpers
+def _validate(model: nn.Module, dataset: Any, params: Params, device: torch.device) -> dict[str, float]:
+    """COCO AP on the val split (rank 0, the bare model: no collectives)."""
+    from pipeline.evaluation import evaluate_model
+
+    # the model's own roi.score_threshold filters detections; no second threshold here
+    metrics = evaluate_model(model, dataset, batch_size=params.train.batch_size, device=device,
+                             score_threshold=0.0)
+    model.train()
+    return {k: float(v) for k, v in metrics.items() if k.startswith("AP") and _is_number(v)}
+
+
+def _maybe_inject_fault(debug: dict[str, Any], rank: int, global_step: int) -> None:
+    """Test hook: the last rank kills its process once at ``fault_at_step`` (marker file: once)."""
+    at, marker = debug.get("fault_at_step"), debug.get("fault_marker")
+    if at is None or marker is None or global_step != at or rank != debug.get("fault_rank", 0):
+        return
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    os.close(fd)
+    _say(f"fault injection: rank {rank} exits at global step {global_step}")
+    os._exit(1)
+
+
+def _record(debug: dict[str, Any], rank: int, what: str, data: dict[str, Any]) -> None:
+    """Test hook: append what this rank did to ``record_dir/rank{rank}.jsonl``."""
+    if not debug.get("record_dir"):
+        return
+    with open(Path(debug["record_dir"]) / f"rank{rank}.jsonl", "a") as f:
+        f.write(json.dumps({"event": what, **data}) + "\n")
+
+
+class _MlflowLogger:
+    """Rank 0's metric logger into the driver's MLflow run (``MlflowClient``, explicit URI)."""
+
+    def __init__(self, info: dict[str, str] | None):
+        self.client = self.run_id = None
+        if info:
+            from mlflow.tracking import MlflowClient
+
+            self.client, self.run_id = MlflowClient(info["tracking_uri"]), info["run_id"]
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        if self.client is None:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()
+                                                    if math.isfinite(float(v))])
+
+
+def _say(message: str) -> None:
+    print(f"[train] {message}", file=sys.stderr, flush=True)
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)

@@ -1,0 +1,175 @@
+"""MLflow on the driver: tracking URI, the run for one training, final artifacts and model.
+
+One MLflow run per training. The driver creates it (or finds it again when a Ray run is
+resumed, through the ``detpipe.ray_run`` tag) and hands ``{"tracking_uri", "run_id"}`` to
+the workers, where rank 0 logs metrics into it with an explicit ``MlflowClient`` (Ray
+workers do not inherit the driver's tracking URI). No ``mlflow.set_experiment``: it exports
+``MLFLOW_EXPERIMENT_ID``, which Ray's MLflow integration would then prefer.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+__all__ = ["MlflowRun", "check_reachable", "flatten", "log_final", "resolve_tracking_uri", "start_run"]
+
+RAY_RUN_TAG = "detpipe.ray_run"
+
+
+class MlflowRun(dict):
+    """``{"run_id", "tracking_uri", "experiment_id"}``: what ``models/mlflow_run.json`` holds."""
+
+
+def resolve_tracking_uri(configured: str | None, root: Path) -> str:
+    """``mlflow.tracking_uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///<root>/mlflow.db``."""
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
+    return uri or f"sqlite:///{(root / 'mlflow.db').resolve()}"
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast (``RuntimeError``) when the tracking store cannot be used.
+
+    HTTP servers must answer ``/health``; a sqlite file's folder must be writable.
+    Other schemes (databricks, ...) are left to MLflow.
+    """
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as resp:
+                if resp.status != 200:
+                    raise RuntimeError(f"HTTP {resp.status}")
+        except (OSError, RuntimeError, urllib.error.URLError) as err:
+            raise RuntimeError(f"MLflow tracking server {uri} is not reachable ({err}); start it, or set "
+                               f"mlflow.tracking_uri / MLFLOW_TRACKING_URI to a reachable store") from err
+    elif uri.startswith("sqlite:///"):
+        folder = Path(uri[len("sqlite:///"):]).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / f".mlflow-write-test-{os.getpid()}"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as err:
+            raise RuntimeError(f"MLflow tracking store {uri}: folder {folder} is not writable ({err})") from err
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists kept as values)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out |= flatten(value, f"{name}.")
+        else:
+            out[name] = value
+    return out
+
+
+def _experiment_id(client: Any, name: str, uri: str, root: Path) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    artifact_location = None
+    if uri.startswith("sqlite:///"):  # local store: artifacts next to it, in <root>/mlruns
+        artifact_location = (root / "mlruns").resolve().as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except Exception:  # created concurrently (e.g. by another Tune trial)
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def start_run(*, tracking_uri: str, experiment_name: str, run_name: str, ray_run: str, root: Path,
+              params: dict[str, Any], tags: dict[str, str], parent_run_id: str | None = None) -> MlflowRun:
+    """Create the MLflow run for ``ray_run`` (storage/name), or reopen the one a resumed run has."""
+    from mlflow.entities import Param, RunStatus
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    experiment_id = _experiment_id(client, experiment_name, tracking_uri, root)
+    found = client.search_runs([experiment_id], filter_string=f"tags.`{RAY_RUN_TAG}` = '{ray_run}'",
+                               max_results=1, order_by=["attributes.start_time DESC"])
+    if found:
+        run_id = found[0].info.run_id
+        client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        return MlflowRun(run_id=run_id, tracking_uri=tracking_uri, experiment_id=experiment_id)
+    all_tags = {RAY_RUN_TAG: ray_run, **tags}
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
+    run_id = run.info.run_id
+    items = [Param(k, _param_value(v)) for k, v in flatten(params).items()]
+    for i in range(0, len(items), 100):  # log_batch takes at most 100 params per call
+        client.log_batch(run_id, params=items[i:i + 100])
+    return MlflowRun(run_id=run_id, tracking_uri=tracking_uri, experiment_id=experiment_id)
+
+
+def log_final(run: MlflowRun, *, model: Any, artifacts: list[Path], log_model: bool,
+              registered_model_name: str | None, code_paths: list[str], status: str = "FINISHED") -> str | None:
+    """Log files and the final model into ``run`` and close it. Returns the model URI (or None)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(run["tracking_uri"])
+    for path in artifacts:
+        if path.is_file():
+            client.log_artifact(run["run_id"], str(path))
+    model_uri = None
+    if log_model and model is not None:
+        model_uri = _log_model(run, model, registered_model_name, code_paths)
+    client.set_terminated(run["run_id"], status=status)
+    return model_uri
+
+
+def mark_failed(run: MlflowRun) -> None:
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(run["tracking_uri"]).set_terminated(run["run_id"], status="FAILED")
+
+
+def _log_model(run: MlflowRun, model: Any, registered_model_name: str | None, code_paths: list[str]) -> str:
+    import mlflow
+    import mlflow.pytorch
+    import numpy as np
+    import torch
+    import torchvision
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    # Detection models take a list of (3, H, W) images; the signature documents a batch of them.
+    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, -1, -1), "images")]))
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(run["tracking_uri"])
+    try:
+        # nested: a Tune trial may already have its own run active in this process
+        with mlflow.start_run(run_id=run["run_id"], nested=mlflow.active_run() is not None):
+            info = mlflow.pytorch.log_model(
+                model.cpu().eval(), name="model", serialization_format="pickle", signature=signature,
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
+                                  f"torchvision=={torchvision.__version__.split('+')[0]}"],
+                code_paths=code_paths, registered_model_name=registered_model_name,
+            )
+    finally:
+        mlflow.set_tracking_uri(previous)
+    return info.model_uri
+
+
+def git_commit(root: Path) -> str:
+    """``HEAD``'s hash, with ``-dirty`` when tracked files changed; ``unknown`` outside git."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                             check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return f"{sha}-dirty" if dirty else sha
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _param_value(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 6000 else text[:5997] + "..."

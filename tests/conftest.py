@@ -1,0 +1,140 @@
+"""Shared fixtures: a tiny prepared COCO dataset, a tiny-model params object, an MLflow server.
+
+``tiny_coco`` writes what ``python -m pipeline prepare`` writes (``train.json``, ``val.json``,
+``images/<split>/*.png``, ``file_name`` relative to the JSON's folder): 8 train and 4 val
+64 px images with 1-3 coloured rectangles of 2 classes; train image 0 also has a crowd box.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES = ["red_box", "blue_box"]
+COLOURS = {1: (220, 40, 40), 2: (40, 60, 220)}
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+
+def write_tiny_coco(out_dir: Path, num_train: int = 8, num_val: int = 4, size: int = 64, seed: int = 0) -> Path:
+    """Write a tiny prepared COCO dataset into ``out_dir``; returns ``out_dir``."""
+    rng = np.random.default_rng(seed)
+    categories = [{"id": i + 1, "name": n, "supercategory": "object"} for i, n in enumerate(CLASSES)]
+    ann_id = 1
+    for split, count, first_id in (("train", num_train, 1), ("val", num_val, 1001)):
+        images, annotations = [], []
+        (out_dir / "images" / split).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            image_id = first_id + i
+            pixels = np.full((size, size, 3), 200, np.uint8) + rng.integers(0, 30, (size, size, 3), dtype=np.uint8)
+            for _ in range(int(rng.integers(1, 4))):
+                label = int(rng.integers(1, len(CLASSES) + 1))
+                w, h = (int(v) for v in rng.integers(size // 6, size // 2, 2))
+                x, y = int(rng.integers(0, size - w)), int(rng.integers(0, size - h))
+                pixels[y:y + h, x:x + w] = COLOURS[label]
+                annotations.append({"id": ann_id, "image_id": image_id, "category_id": label,
+                                    "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0})
+                ann_id += 1
+            if split == "train" and i == 0:  # a crowd region: must never become a training target
+                annotations.append({"id": ann_id, "image_id": image_id, "category_id": 1,
+                                    "bbox": [0, 0, size / 2, size / 2], "area": size * size / 4, "iscrowd": 1})
+                ann_id += 1
+            file_name = f"images/{split}/{image_id:06d}.png"
+            Image.fromarray(pixels).save(out_dir / file_name)
+            images.append({"id": image_id, "file_name": file_name, "width": size, "height": size})
+        coco = {"images": images, "annotations": annotations, "categories": categories}
+        (out_dir / f"{split}.json").write_text(json.dumps(coco))
+    return out_dir
+
+
+@pytest.fixture
+def tiny_coco(tmp_path: Path) -> Path:
+    """A prepared-data folder (``train.json``, ``val.json``, images) with 8 train / 4 val images."""
+    return write_tiny_coco(tmp_path / "prepared")
+
+
+TINY_OVERRIDES = [
+    "data.resize.min_size=64", "data.resize.max_size=64",
+    "model.backbone=resnet18", "model.fpn_channels=32", "model.fpn_levels=[3,4,5]",
+    "model.rpn.batch_size_per_image=64", "model.roi.batch_size_per_image=32",
+    "train.epochs=1", "train.batch_size=2", "train.warmup_iters=2", "train.log_every=1",
+    "train.lr_steps=[100]",
+    "mlflow.experiment_name=tests", "mlflow.registered_model_name=null", "mlflow.log_model=false",
+]
+
+
+def tiny_params_file(tmp_path: Path, overrides: list[str] = (), name: str = "params.yaml") -> Path:
+    """``params.yaml`` of the repo with a tiny model, 64 px images and 1 epoch, plus ``overrides``."""
+    from pipeline.params import apply_overrides
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw = apply_overrides(raw, [*TINY_OVERRIDES, *overrides])
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def tiny_params(tmp_path: Path):
+    """Factory: ``tiny_params(*overrides) -> Params`` with a tiny model (resnet18, FPN 32 channels)."""
+    from pipeline.params import load_params
+
+    def make(*overrides: str):
+        return load_params(tiny_params_file(tmp_path, list(overrides), name=f"params-{time.monotonic_ns()}.yaml"))
+
+    return make
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real ``mlflow server`` on 127.0.0.1 (sqlite backend, local artifacts); yields its URI."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    exe = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
+    log = (root / "server.log").open("w")
+    proc = subprocess.Popen(
+        [exe, "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+         "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}") from None
+                time.sleep(0.5)
+        yield uri
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
