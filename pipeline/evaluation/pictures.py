@@ -67,11 +67,12 @@ def _xyxy(bbox: Sequence[float], scale: tuple[float, float]) -> tuple[float, flo
 
 
 def draw_examples(dataset: Any, detections: Sequence[Mapping[str, Any]], coco_gt: Any, class_names: Mapping[int, str],
-                  num: int, min_score: float = 0.0) -> list[tuple[int, Image.Image]]:
+                  num: int, min_score: float = 0.0, min_display_size: int = 256) -> list[tuple[int, Image.Image]]:
     """The first ``num`` images of ``dataset`` as the model saw them, with predictions and ground truth.
 
     ``detections`` and ``coco_gt``'s annotations are in original pixels; they are scaled to each
-    item's image tensor. Predictions below ``min_score`` are not drawn. Returns ``(image_id, picture)``.
+    item's image tensor (upscaled to ``min_display_size`` if smaller). Predictions below ``min_score``
+    are not drawn. Returns ``(image_id, picture)``.
     """
     by_image: dict[int, list[Mapping[str, Any]]] = {}
     for det in detections:
@@ -82,7 +83,11 @@ def draw_examples(dataset: Any, detections: Sequence[Mapping[str, Any]], coco_gt
         image, target = dataset[i]
         image_id = int(target["image_id"])
         orig_h, orig_w = (int(v) for v in target["orig_size"])
-        scale = (image.shape[-1] / orig_w, image.shape[-2] / orig_h)
+        picture = to_pil(image)
+        if max(picture.size) < min_display_size:  # upscale tiny images so captions stay legible
+            zoom = min_display_size / max(picture.size)
+            picture = picture.resize((round(picture.width * zoom), round(picture.height * zoom)))
+        scale = (picture.width / orig_w, picture.height / orig_h)
         gt = coco_gt.loadAnns(coco_gt.getAnnIds(imgIds=[image_id]))
-        out.append((image_id, annotate(to_pil(image), by_image.get(image_id, []), class_names, gt, scale)))
+        out.append((image_id, annotate(picture, by_image.get(image_id, []), class_names, gt, scale)))
     return out
