@@ -1,0 +1,140 @@
+"""``python -m pipeline prepare`` end to end in a tmp dir (pipeline/prepare.py)."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = ["data.synthetic.num_train=6", "data.synthetic.num_val=3", "data.synthetic.image_size=96",
+        "data.synthetic.min_object_size=8", "data.synthetic.max_object_size=48",
+        "data.resize.min_size=96", "data.resize.max_size=96"]
+OUTPUTS = ["data/prepared/train.json", "data/prepared/val.json", "reports/data.json", "reports/box_stats.json",
+           "reports/box_stats.png", "reports/anchor_fit.json", "reports/anchor_fit.png"]
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    return tmp_path
+
+
+def _sets(*items):
+    return [arg for item in items for arg in ("--set", item)]
+
+
+def test_synthetic_end_to_end_writes_every_output(workdir, capsys):
+    from pycocotools.coco import COCO
+
+    assert main(["prepare", *_sets(*TINY)]) == 0
+    out = capsys.readouterr().out
+    assert "train: 6 images" in out and "best possible recall" in out
+    for path in OUTPUTS:
+        assert (workdir / path).is_file(), path
+    train = json.loads((workdir / "data/prepared/train.json").read_text())
+    assert [c["id"] for c in train["categories"]] == [1, 2, 3, 4, 5]
+    assert train["images"][0]["file_name"] == "images/train/000001.png"
+    assert sorted(p.name for p in (workdir / "data/prepared/images/train").iterdir()) == \
+           [f"{i:06d}.png" for i in range(1, 7)]
+    report = json.loads((workdir / "reports/data.json").read_text())
+    coco = COCO(str(workdir / "data/prepared/val.json"))  # the round trip: pycocotools reads the same counts
+    assert len(coco.getImgIds()) == report["val"]["images"] == 3
+    assert len(coco.getAnnIds()) == report["val"]["boxes"] > 0
+    assert sum(report["train"]["boxes_per_class"].values()) == report["train"]["boxes"] == len(train["annotations"])
+    for ann in train["annotations"]:
+        assert ann["area"] == ann["bbox"][2] * ann["bbox"][3] and ann["iscrowd"] == 0
+    fit = json.loads((workdir / "reports/anchor_fit.json").read_text())
+    assert 0.0 <= fit["bpr"] <= 1.0 and fit["train"]["num_boxes"] == report["train"]["boxes"]
+    assert set(fit["train"]["by_size"]) == {"small", "medium", "large"}
+    stats = json.loads((workdir / "reports/box_stats.json").read_text())
+    assert sum(stats["train"]["width"]["counts"]) == report["train"]["boxes"]
+
+    # same seed, same bytes; a smaller dataset leaves no stale images behind
+    first = (workdir / "data/prepared/images/train/000002.png").read_bytes()
+    assert main(["prepare", *_sets(*TINY, "data.synthetic.num_train=2")]) == 0
+    assert sorted(p.name for p in (workdir / "data/prepared/images/train").iterdir()) == ["000001.png", "000002.png"]
+    assert (workdir / "data/prepared/images/train/000002.png").read_bytes() == first
+    assert main(["prepare", *_sets(*TINY, "data.synthetic.num_train=2", "data.seed=1")]) == 0
+    assert (workdir / "data/prepared/images/train/000002.png").read_bytes() != first
+
+
+def _coco_source(root: Path, n: int = 5, outside: bool = False) -> Path:
+    """``root/ann.json`` + ``root/imgs/{i}.jpg`` (40 x 30), two boxes per image (one crowd);
+    with ``outside`` the first box of every image sticks out of the right border."""
+    (root / "imgs").mkdir(parents=True)
+    images, anns = [], []
+    for i in range(n):
+        Image.fromarray(np.full((30, 40, 3), 50 * i, np.uint8)).save(root / "imgs" / f"{i}.jpg")
+        images.append({"id": i + 1, "file_name": f"{i}.jpg", "width": 40, "height": 30})
+        anns.append({"id": 10 + i, "image_id": i + 1, "category_id": 5, "bbox": [30, 5, 20 if outside else 10, 10],
+                     "iscrowd": 0})
+        anns.append({"id": 20 + i, "image_id": i + 1, "category_id": 6, "bbox": [1, 1, 5, 5], "iscrowd": int(i == 0)})
+    (root / "ann.json").write_text(json.dumps({"images": images, "annotations": anns,
+                                               "categories": [{"id": 5, "name": "a"}, {"id": 6, "name": "b"}]}))
+    return root / "ann.json"
+
+
+def test_coco_source_with_clip_policy_and_seeded_split(workdir):
+    ann = _coco_source(workdir / "src", outside=True)
+    sets = _sets("data.source=coco", f"data.coco.train_annotations={ann}", "data.coco.train_images=src/imgs",
+                 "data.val_fraction=0.4", "data.on_invalid_box=clip")
+    assert main(["prepare", *sets]) == 0
+    report = json.loads((workdir / "reports/data.json").read_text())
+    assert (report["train"]["images"], report["val"]["images"]) == (3, 2)
+    assert report["train"]["input_boxes"] == {"clipped": 5}  # counted while reading the one file
+    assert report["class_names"] == ["a", "b"]
+    crowd = report["train"]["crowd_boxes"] + report["val"]["crowd_boxes"]
+    assert crowd == 1
+    val = json.loads((workdir / "data/prepared/val.json").read_text())
+    assert all(a["bbox"] in ([30, 5, 10, 10], [1, 1, 5, 5]) for a in val["annotations"])
+    for image in val["images"]:  # copied, resolvable relative to the json's folder
+        assert (workdir / "data/prepared" / image["file_name"]).is_file()
+
+
+def test_bad_input_is_one_error_line_and_keeps_old_outputs(workdir, capsys):
+    assert main(["prepare", *_sets(*TINY)]) == 0
+    ann = _coco_source(workdir / "src")
+    (workdir / "src/imgs/3.jpg").unlink()
+    sets = _sets("data.source=coco", f"data.coco.train_annotations={ann}", "data.coco.train_images=src/imgs")
+    capsys.readouterr()
+    assert main(["prepare", *sets]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    assert "ann.json: image id 4: image file src/imgs/3.jpg not found" in err
+    assert (workdir / "data/prepared/images/train/000006.png").is_file()  # nothing was deleted
+
+
+def test_empty_val_split_is_an_error(workdir, capsys):
+    ann = _coco_source(workdir / "src", n=2)
+    val = workdir / "src/val.json"
+    val.write_text(json.dumps({"images": [], "annotations": [], "categories": [{"id": 5, "name": "a"}]}))
+    sets = _sets("data.source=coco", f"data.coco.train_annotations={ann}", "data.coco.train_images=src/imgs",
+                 f"data.coco.val_annotations={val}", "data.coco.val_images=src/imgs")
+    assert main(["prepare", *sets]) == 2
+    assert "val.json: the val split has no images" in capsys.readouterr().err
+
+
+VOC_XML = ("<annotation><filename>{id}.jpg</filename><size><width>30</width><height>20</height></size>"
+           "<object><name>{name}</name><difficult>{difficult}</difficult><bndbox><xmin>1</xmin>"
+           "<ymin>1</ymin><xmax>20</xmax><ymax>20</ymax></bndbox></object></annotation>")
+
+
+def test_voc_source_end_to_end(workdir):
+    for split, voc_id, name, difficult in (("train", "a", "dog", 1), ("val", "b", "cat", 0)):
+        for folder in ("Annotations", "JPEGImages", "ImageSets/Main"):
+            (workdir / "VOC" / folder).mkdir(parents=True, exist_ok=True)
+        (workdir / f"VOC/Annotations/{voc_id}.xml").write_text(VOC_XML.format(id=voc_id, name=name,
+                                                                               difficult=difficult))
+        Image.new("RGB", (30, 20)).save(workdir / f"VOC/JPEGImages/{voc_id}.jpg")
+        (workdir / f"VOC/ImageSets/Main/{split}.txt").write_text(f"{voc_id}\n")
+    assert main(["prepare", *_sets("data.source=voc", "data.voc.root=VOC")]) == 0
+    train = json.loads((workdir / "data/prepared/train.json").read_text())
+    assert train["annotations"] == [{"id": 1, "image_id": 1, "category_id": 2, "bbox": [0, 0, 20, 20],
+                                     "area": 400, "iscrowd": 1, "difficult": 1}]
+    assert json.loads((workdir / "reports/data.json").read_text())["train"]["input_boxes"] == {"difficult": 1}
