@@ -98,27 +98,38 @@ def test_bad_inputs(tiny):
         model([])
 
 
+def _fits(model, imgs, targets) -> bool:
+    """Every GT box has a confident detection with IoU > 0.7 and the right label."""
+    model.eval()
+    with torch.no_grad():
+        dets = model(imgs)
+    model.train()
+    for det, target in zip(dets, targets):
+        confident = det["scores"] > 0.5
+        if not confident.any():
+            return False
+        iou = box_iou(target["boxes"], det["boxes"][confident])  # (G, D)
+        best = iou.max(dim=1)
+        if not ((best.values > 0.7).all() and torch.equal(det["labels"][confident][best.indices], target["labels"])):
+            return False
+    return True
+
+
 def test_overfits_tiny_batch(tiny, toy):
-    """The model learns a fixed batch from scratch in a few hundred CPU steps."""
+    """The model learns a fixed batch from scratch within a few hundred CPU steps (stops once it has)."""
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
-    torch.set_num_threads(2)
     model = build_model(tiny())
     imgs, targets = toy(gen)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model.train()
-    for _ in range(150):
+    fitted = False
+    for step in range(1, 301):
         losses = model(imgs, targets, generator=gen)
         opt.zero_grad()
         sum(losses.values()).backward()
         opt.step()
-    model.eval()
-    with torch.no_grad():
-        dets = model(imgs)
-    for det, target in zip(dets, targets):
-        confident = det["scores"] > 0.5
-        boxes, labels = det["boxes"][confident], det["labels"][confident]
-        iou = box_iou(target["boxes"], boxes)  # (G, D)
-        best = iou.max(dim=1)
-        assert (best.values > 0.7).all(), (iou, det)
-        assert torch.equal(labels[best.indices], target["labels"])
+        if step >= 60 and step % 20 == 0 and _fits(model, imgs, targets):
+            fitted = True
+            break
+    assert fitted, f"not fitted after {step} steps; last losses {losses}"
