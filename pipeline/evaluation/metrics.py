@@ -69,9 +69,10 @@ def coco_metrics(gt: str | Path | COCO, detections: list[dict[str, Any]]) -> tup
     coco_gt = load_coco(gt)
     coco_dt = load_results(coco_gt, detections)
     cocoeval = COCOeval(coco_gt, coco_dt, iouType="bbox")
-    with contextlib.redirect_stdout(io.StringIO()) as summary:
+    with contextlib.redirect_stdout(io.StringIO()):
         cocoeval.evaluate()
         cocoeval.accumulate()
+    with contextlib.redirect_stdout(io.StringIO()) as summary:
         cocoeval.summarize()
     cocoeval.summary_text = summary.getvalue()  # the familiar 12-line table, for logs
     metrics: dict[str, Any] = {name: float(v) for name, v in zip(STAT_NAMES, cocoeval.stats)}

@@ -33,7 +33,7 @@ def annotate(image: Image.Image, predictions: Sequence[Mapping[str, Any]], class
     out = image.convert("RGB")
     draw = ImageDraw.Draw(out)
     font = ImageFont.load_default(size=max(10, min(out.size) // 25))
-    width = max(1, min(out.size) // 200)
+    width = max(2, min(out.size) // 150)
     for ann in ground_truth:
         draw.rectangle(_xyxy(ann["bbox"], scale), outline=GT_COLOR, width=width)
     for det in sorted(predictions, key=lambda d: d["score"]):  # best drawn last, on top

@@ -44,7 +44,8 @@ def plot_per_class_ap(ap_per_class: Mapping[str, float], path: str | Path, title
     items = [(name, ap) for name, ap in ap_per_class.items() if ap >= 0]
     fig = _figure(width=max(6.4, 0.35 * len(items)))
     ax = fig.subplots()
-    ax.bar([name for name, _ in items], [ap for _, ap in items], color="tab:blue")
+    bars = ax.bar([name for name, _ in items], [ap for _, ap in items], color="tab:blue")
+    ax.bar_label(bars, fmt="%.3f", fontsize="small")
     ax.set(ylabel="AP", ylim=(0, 1), title=title)
     ax.tick_params(axis="x", labelrotation=90 if len(items) > 8 else 0)
     ax.grid(axis="y", alpha=0.3)

@@ -125,6 +125,7 @@ def test_end_to_end_with_tiny_untrained_checkpoint(workdir, tiny_checkpoint, cap
     assert not (reports / "predictions" / "8.png").exists()  # num_pictures=2
     out = capsys.readouterr()
     assert "Average Precision" in out.out and "not logged to MLflow" in out.err
+    assert "Accumulating evaluation results" not in out.out  # only the summary table is shown
 
 
 def test_boxes_are_mapped_back_to_original_pixels(workdir, fake_model):
