@@ -28,12 +28,16 @@ def load_model(ref: str | Path, *, tracking_uri: str | None = None, device: str 
     if ref.startswith(MLFLOW_SCHEMES):
         if tracking_uri is None:
             raise ValueError(f"{ref}: an MLflow model URI needs a tracking URI")
-        import mlflow
+        import tempfile
+
+        import mlflow.artifacts
         import mlflow.pytorch
 
-        mlflow.set_tracking_uri(tracking_uri)
-        try:
-            model = mlflow.pytorch.load_model(ref, map_location=torch.device(device))
+        try:  # download with explicit URIs instead of setting MLflow's process-wide tracking URI
+            with tempfile.TemporaryDirectory(prefix="mlflow-model-") as tmp:
+                local = mlflow.artifacts.download_artifacts(artifact_uri=ref, dst_path=tmp, tracking_uri=tracking_uri,
+                                                            registry_uri=tracking_uri)
+                model = mlflow.pytorch.load_model(local, map_location=torch.device(device))
         except Exception as err:  # noqa: BLE001 - MLflow raises many types; say which model failed
             raise ValueError(f"{ref}: could not load the model from MLflow at {tracking_uri} "
                              f"({err.__class__.__name__}: {err})") from err

@@ -3,6 +3,7 @@
 import contextlib
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,19 @@ def tiny_checkpoint(workdir):
     torch.manual_seed(0)
     save_checkpoint(workdir / "models" / "model.pt", build_model(config))
     return workdir / "models" / "model.pt"
+
+
+@pytest.fixture
+def mlflow_uri(workdir, tmp_path_factory):
+    """A sqlite tracking URI in ``workdir``, copied from a session-wide migrated empty database
+    (creating the tables takes seconds; test_evaluate.py and test_predict.py share the copy)."""
+    from mlflow.tracking import MlflowClient
+
+    template = tmp_path_factory.getbasetemp() / "mlflow-empty.db"
+    if not template.exists():
+        MlflowClient(f"sqlite:///{template}").search_experiments()  # creates and migrates the tables
+    shutil.copyfile(template, workdir / "mlflow.db")
+    return f"sqlite:///{workdir / 'mlflow.db'}"
 
 
 class FixedBoxDetector(nn.Module):
@@ -158,10 +172,10 @@ def test_missing_model_is_a_clear_error(workdir, capsys):
     assert not (workdir / "reports").exists()
 
 
-def test_logs_into_the_training_run_and_survives_a_missing_run(workdir, fake_model, capsys):
+def test_logs_into_the_training_run_and_survives_a_missing_run(workdir, fake_model, mlflow_uri, capsys):
     from mlflow.tracking import MlflowClient
 
-    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    uri = mlflow_uri
     client = MlflowClient(uri)
     experiment_id = client.create_experiment("test", artifact_location=str(workdir / "mlruns"))
     run_id = client.create_run(experiment_id).info.run_id

@@ -1,6 +1,7 @@
 """The ``predict`` command: a real tiny checkpoint, corrupt files, boxes in original pixels, MLflow URIs."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,19 @@ def tiny_model(workdir):
          "rpn": {"pre_nms_topk_test": 100, "post_nms_topk_test": 50}}, num_classes=2, class_names=CLASSES)
     torch.manual_seed(0)
     return build_model(config).eval()
+
+
+@pytest.fixture
+def mlflow_uri(workdir, tmp_path_factory):
+    """A sqlite tracking URI in ``workdir``, copied from a session-wide migrated empty database
+    (creating the tables takes seconds; test_evaluate.py and test_predict.py share the copy)."""
+    from mlflow.tracking import MlflowClient
+
+    template = tmp_path_factory.getbasetemp() / "mlflow-empty.db"
+    if not template.exists():
+        MlflowClient(f"sqlite:///{template}").search_experiments()  # creates and migrates the tables
+    shutil.copyfile(template, workdir / "mlflow.db")
+    return f"sqlite:///{workdir / 'mlflow.db'}"
 
 
 def test_corrupt_files_are_reported_and_the_others_written(workdir, images, tiny_model, capsys):
@@ -115,16 +129,17 @@ def test_no_images_and_missing_model_are_errors(workdir, images, capsys):
     assert "nope.pt: model checkpoint not found" in capsys.readouterr().err
 
 
-def test_loads_registered_model_uri(workdir, images, tiny_model):
+def test_loads_registered_model_uri(workdir, images, tiny_model, mlflow_uri, monkeypatch):
     import mlflow
     import mlflow.pytorch
 
-    uri = f"sqlite:///{workdir / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
+    uri = mlflow_uri
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # not mlflow.set_tracking_uri: no process-wide leftovers
     experiment_id = mlflow.create_experiment("t", artifact_location=str(workdir / "mlruns"))
     with mlflow.start_run(experiment_id=experiment_id):
         mlflow.pytorch.log_model(tiny_model, name="model", serialization_format="pickle",
                                  pip_requirements=["torch"], registered_model_name="tiny")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")  # predict must get the URI from the params
     code = main(["predict", "--model", "models:/tiny/1", "--images", str(images / "a.png"), "--out", "o",
                  "--set", f"mlflow.tracking_uri={uri}", *RESIZE])
     assert code == 0
