@@ -97,7 +97,7 @@ def draw_image(rng: np.random.Generator, config: SyntheticConfig) -> tuple[np.nd
         objects.append(([float(x0), float(y0), float(w), float(h)], label))
 
     pixels = np.asarray(image, dtype=np.float32)
-    pixels += rng.normal(0.0, 4.0, pixels.shape).astype(np.float32)  # sensor-like noise
+    pixels += rng.standard_normal(pixels.shape, dtype=np.float32) * 4.0  # sensor-like noise
     return np.clip(pixels, 0, 255).round().astype(np.uint8), objects
 
 

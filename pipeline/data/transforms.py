@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
@@ -119,13 +120,15 @@ class ColorJitter:
             image, target = ToTensor()(image, target)
         if self.strength == 0:
             return image, target
-        factors = 1.0 + (torch.rand(3) * 2 - 1) * self.strength  # brightness, contrast, saturation
-        image = image * factors[0]
-        mean = image.mean()
-        image = (image - mean) * factors[1] + mean
-        gray = (0.299 * image[0] + 0.587 * image[1] + 0.114 * image[2])[None]  # (1, H, W)
-        image = (image - gray) * factors[2] + gray
-        return image.clamp(0.0, 1.0), target
+        brightness, contrast, saturation = (1.0 + (torch.rand(3) * 2 - 1) * self.strength).tolist()
+        # numpy on purpose: tiny per-image ops gain nothing from torch's intra-op threads,
+        # which are badly slowed down by oversubscription in the main process
+        x = image.numpy() * np.float32(brightness)  # (3, H, W)
+        mean = x.mean()
+        x = (x - mean) * np.float32(contrast) + mean
+        gray = 0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2]  # (H, W)
+        x = (x - gray) * np.float32(saturation) + gray
+        return torch.from_numpy(np.clip(x, 0.0, 1.0, out=x)), target
 
     def __repr__(self) -> str:
         return f"ColorJitter(strength={self.strength})"
@@ -137,9 +140,9 @@ class ToTensor:
     def __call__(self, image: Image.Image | Tensor, target: Target) -> tuple[Tensor, Target]:
         if isinstance(image, Tensor):
             return image, target
-        from torchvision.transforms.functional import pil_to_tensor
-
-        return pil_to_tensor(image.convert("RGB")).float().div_(255.0), target
+        pixels = np.asarray(image.convert("RGB"), dtype=np.float32)  # (H, W, 3)
+        pixels = np.ascontiguousarray(pixels.transpose(2, 0, 1)) / np.float32(255.0)  # -> (3, H, W)
+        return torch.from_numpy(pixels), target
 
     def __repr__(self) -> str:
         return "ToTensor()"
