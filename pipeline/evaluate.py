@@ -14,7 +14,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.params import EvaluateParams, Params, ResizeParams
 
@@ -22,6 +22,10 @@ DEFAULT_MODEL = "models/model.pt"
 DEFAULT_VAL = "data/prepared/val.json"
 DEFAULT_OUT = "reports"
 RUN_FILE = "models/mlflow_run.json"
+
+if TYPE_CHECKING:  # torch is imported inside functions: `python -m pipeline --help` stays fast
+    import torch
+    from torch import nn
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,36 +38,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(params: Params, args: argparse.Namespace) -> int:
-    from pipeline.evaluation.loading import MLFLOW_SCHEMES
+    from pipeline.evaluation.loading import load_model, resolve_device
     from pipeline.evaluation.tracking import log_to_training_run, resolve_tracking_uri
 
-    inputs = [args.val] + ([] if args.model.startswith(MLFLOW_SCHEMES) else [args.model])
-    for path in inputs:
-        if not Path(path).is_file():
-            print(f"error: {path} not found (run the earlier stages first: `dvc repro`, or "
-                  "`python -m pipeline prepare` and `python -m pipeline train`)", file=sys.stderr)
-            return 2
+    if not Path(args.val).is_file():
+        print(f"error: {args.val} not found (run `python -m pipeline prepare` or `dvc repro` first)", file=sys.stderr)
+        return 2
     # fail fast on an unreachable tracking server instead of retrying for minutes
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
-    metrics, written = evaluate(args.model, args.val, args.out, params.evaluate, params.data.resize,
-                                tracking_uri=resolve_tracking_uri(params.mlflow.tracking_uri))
+    device = resolve_device(params.evaluate.device)
+    try:
+        model = load_model(args.model, tracking_uri=resolve_tracking_uri(params.mlflow.tracking_uri), device=device)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    metrics, written = evaluate(model, args.val, args.out, params.evaluate, params.data.resize, device=device)
     log_to_training_run(args.run_file, metrics, written)
     return 0
 
 
-def evaluate(model_ref: str | Path, val_json: str | Path, out_dir: str | Path, settings: EvaluateParams,
-             resize: ResizeParams, tracking_uri: str | None = None) -> tuple[dict[str, Any], list[Path]]:
-    """Evaluate ``model_ref`` on ``val_json`` and write the reports; returns ``(metrics, paths written)``."""
+def evaluate(model: nn.Module, val_json: str | Path, out_dir: str | Path, settings: EvaluateParams,
+             resize: ResizeParams, device: str | torch.device = "cpu") -> tuple[dict[str, Any], list[Path]]:
+    """Evaluate ``model`` (on ``device``) on ``val_json`` and write the reports.
+
+    Returns ``(metrics, paths written)``.
+    """
     from pipeline.data.dataset import CocoDetectionDataset
     from pipeline.data.transforms import build_transforms
     from pipeline.evaluation import InferenceTiming, coco_metrics, pr_curves, run_inference
-    from pipeline.evaluation.loading import load_model, resolve_device
     from pipeline.evaluation.pictures import draw_examples, image_grid
     from pipeline.evaluation.plots import plot_per_class_ap, plot_pr_curves, write_pr_csv
 
-    device = resolve_device(settings.device)
-    model = load_model(model_ref, tracking_uri=tracking_uri, device=device)
     dataset = CocoDetectionDataset(
         val_json, transforms=build_transforms(train=False, min_size=resize.min_size, max_size=resize.max_size))
     timing = InferenceTiming()

@@ -166,9 +166,15 @@ def test_no_detections_give_zeros(workdir, fake_model):
     assert (reports / "pr_curve.png").is_file() and (reports / "predictions" / "grid.png").is_file()
 
 
-def test_missing_model_is_a_clear_error(workdir, capsys):
+def test_missing_or_corrupt_inputs_are_clear_errors(workdir, capsys):
     assert main(["evaluate"]) == 2
-    assert "models/model.pt not found" in capsys.readouterr().err
+    assert "models/model.pt: model checkpoint not found" in capsys.readouterr().err
+    (workdir / "models").mkdir()
+    (workdir / "models" / "model.pt").write_bytes(b"garbage")
+    assert main(["evaluate"]) == 2
+    assert "models/model.pt' could not be read" in capsys.readouterr().err
+    assert main(["evaluate", "--val", "nope.json"]) == 2
+    assert "nope.json not found" in capsys.readouterr().err
     assert not (workdir / "reports").exists()
 
 
