@@ -63,8 +63,9 @@ def coco_metrics(gt: str | Path | COCO, detections: list[dict[str, Any]]) -> tup
     Returns:
         ``(metrics, cocoeval)``: ``metrics`` holds the 12 ``COCOeval.stats`` under :data:`STAT_NAMES`
         (``AP``, ``AP50``, ``AP75``, ...) and ``AP_per_class`` (class name -> AP@[.5:.95]);
-        ``cocoeval`` is the evaluated, accumulated and summarized ``COCOeval``. No detections
-        give 0 everywhere there is ground truth.
+        ``cocoeval`` is the evaluated, accumulated and summarized ``COCOeval``, with the
+        printed 12-line table in ``cocoeval.summary_text``. No detections give 0 everywhere
+        there is ground truth.
     """
     coco_gt = load_coco(gt)
     coco_dt = load_results(coco_gt, detections)
