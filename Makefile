@@ -5,6 +5,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
+# DVC stage commands say `python -m pipeline ...`: make that the venv's python.
+export PATH := $(abspath $(BIN)):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 export RAY_TRAIN_ENABLE_PRINT_PATCH := 0
@@ -13,7 +15,9 @@ export RAY_TRAIN_ENABLE_PRINT_PATCH := 0
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Reinstalled when pyproject.toml changes or a package's __init__ appears (editable installs
+# map the packages that existed at install time).
+$(STAMP): pyproject.toml detector/__init__.py pipeline/__init__.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
