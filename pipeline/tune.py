@@ -1,0 +1,93 @@
+"""``python -m pipeline tune``: a Ray Tune sweep over anchors, IoU thresholds (and lr).
+
+Reads the ``tune`` section (the search space, ASHA, trial resources) plus what training
+reads. Not part of the default ``dvc repro``: its DVC stage lives in ``sweeps/dvc.yaml``
+(``dvc repro sweeps/dvc.yaml:tune``). Writes into ``reports/tune/``:
+
+- ``trials.csv``: one row per trial (status, last AP50/AP, anchor fit, swept values),
+- ``best_params.yaml``: the winner's ``model`` section (and other swept keys) in the shape
+  of ``params.yaml``; ``--apply`` writes its swept keys into ``params.yaml``,
+- ``ap_vs_params.png``: AP against each swept key.
+
+Rerunning the same command resumes an interrupted sweep; ``--fresh`` starts over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pipeline.params import Params, ParamsError
+
+OUT_DIR = Path("reports/tune")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", default="data/prepared",
+                        help="prepared data with train.json/val.json (default: data/prepared)")
+    parser.add_argument("--out-dir", default=str(OUT_DIR), help=f"where the results go (default: {OUT_DIR})")
+    parser.add_argument("--fresh", action="store_true",
+                        help="discard an interrupted sweep with the same config and start over")
+    parser.add_argument("--check", action="store_true",
+                        help="validate the search space, print the trial count and the experiment path, and exit")
+    parser.add_argument("--apply", action="store_true",
+                        help="no sweep: write the swept keys of <out-dir>/best_params.yaml into the params file")
+
+
+def run(params: Params, args: argparse.Namespace) -> int:
+    out_dir = Path(getattr(args, "out_dir", OUT_DIR))
+    data_dir = Path(getattr(args, "data_dir", "data/prepared"))
+    try:
+        if getattr(args, "apply", False):
+            return _apply(params, out_dir)
+        from pipeline.tuning.space import num_trials, validate_space
+
+        dims = validate_space(params)
+        if getattr(args, "check", False):
+            from pipeline.tuning.sweep import experiment_name
+
+            print(f"tune.space OK: {len(dims)} key(s), {num_trials(params, dims)} trial(s); "
+                  f"experiment {experiment_name(params, data_dir)}")
+            return 0
+        from pipeline.training import PreflightError, TrainingError
+        from pipeline.tuning.sweep import run_sweep
+
+        try:
+            outcome = run_sweep(params, data_dir=data_dir, out_dir=out_dir, fresh=getattr(args, "fresh", False),
+                                log=_say)
+        except (PreflightError, TrainingError, FileNotFoundError, RuntimeError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+    except ParamsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if not outcome.complete:
+        return 130
+    if outcome.best is None:
+        print("error: no trial reported a result; see the trials in MLflow and " + outcome.experiment_path,
+              file=sys.stderr)
+        return 1
+    for name, path in outcome.outputs.items():
+        _say(f"{name}: {path}")
+    return 0
+
+
+def _apply(params: Params, out_dir: Path) -> int:
+    from pipeline.tuning.results import apply_best_params
+    from pipeline.tuning.space import parse_space
+
+    best = out_dir / "best_params.yaml"
+    if not best.is_file():
+        print(f"error: {best} not found: run the sweep first (`dvc repro sweeps/dvc.yaml:tune`)", file=sys.stderr)
+        return 1
+    target = Path(params.source_path or "params.yaml")
+    keys = [dim.key for dim in parse_space(params.tune.space)]
+    changes = apply_best_params(best, target, keys)
+    _say(f"wrote the best trial's {', '.join(changes)} into {target}; train it with `dvc repro` "
+         f"(or `dvc exp run`)")
+    return 0
+
+
+def _say(message: str) -> None:
+    print(f"[tune] {message}", flush=True)

@@ -1,0 +1,302 @@
+"""The sweep: a Ray Tune ``Tuner`` over training runs, resumable, tracked in MLflow.
+
+:func:`run_sweep` validates the space (before Ray starts), names the experiment from a hash
+of everything the trials depend on (``<ray.storage_path>/tune/sweep-<hash>``), restores it
+with ``Tuner.restore`` when an interrupted one is there (searcher and ASHA state included),
+runs the trials (:func:`pipeline.tuning.trial.run_trial`) and, once every trial is done,
+writes ``trials.csv``, ``best_params.yaml`` and the plot, and closes the MLflow runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.params import Params
+from pipeline.tuning import results as res
+from pipeline.tuning.space import Dimension, num_trials, to_tune_space, validate_space
+from pipeline.tuning.trial import TRIAL_RESOURCES, TrialSpec, run_trial
+
+__all__ = ["SweepOutcome", "experiment_name", "run_sweep", "trial_base"]
+
+TRIALS_CSV, BEST_PARAMS, PLOT = "trials.csv", "best_params.yaml", "ap_vs_params.png"
+METRICS = ["AP50", "AP", "AP75"]
+
+
+@dataclass
+class SweepOutcome:
+    """What :func:`run_sweep` did. ``complete`` is False when the sweep was interrupted."""
+
+    experiment_path: str
+    sweep_id: str
+    complete: bool
+    resumed: bool
+    records: list[res.TrialRecord] = field(default_factory=list)
+    best: res.TrialRecord | None = None
+    outputs: dict[str, Path] = field(default_factory=dict)
+    mlflow_run_id: str | None = None
+    train_command: str | None = None
+
+
+def trial_base(params: Params) -> dict[str, Any]:
+    """``params`` as a dict with the sweep's per-trial settings applied.
+
+    ``tune.epochs`` replaces ``train.epochs``, validation runs every epoch (ASHA needs it),
+    ``tune.workers_per_trial``/``cpus_per_worker``/``use_gpu`` replace the ``ray`` ones when
+    set, one checkpoint is kept, and no trial logs or registers a model.
+    """
+    base = params.to_dict()
+    t = params.tune
+    overrides: dict[str, Any] = {
+        "train.epochs": t.epochs, "train.val_every": 1, "ray.checkpoints_to_keep": 1,
+        "ray.checkpoint_score_attribute": None, "mlflow.log_model": False, "mlflow.registered_model_name": None,
+    }
+    for key, value in (("ray.num_workers", t.workers_per_trial), ("ray.cpus_per_worker", t.cpus_per_worker),
+                       ("ray.use_gpu", t.use_gpu)):
+        if value is not None:
+            overrides[key] = value
+    for key, value in overrides.items():
+        section, name = key.split(".")
+        if name in base[section]:
+            base[section][name] = value
+    return base
+
+
+def experiment_name(params: Params, data_dir: str | Path) -> str:
+    """``sweep-<12 hex>`` over the trials' params, the sweep settings and the data.
+
+    Rerunning the same command finds the same folder (and resumes it); changing the space,
+    the params or the data starts a new sweep. ``max_concurrent_trials`` and where things
+    are stored or tracked are left out: they do not change the results.
+    """
+    base = trial_base(params)
+    tune = {k: v for k, v in base.pop("tune").items() if k != "max_concurrent_trials"}
+    keyed = {"model": base["model"], "train": base["train"], "resize": base["data"]["resize"],
+             "evaluate": base["evaluate"], "workers": [base["ray"][k] for k in ("num_workers", "use_gpu")],
+             "tune": tune}
+    h = hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode())
+    for split in ("train.json", "val.json"):
+        path = Path(data_dir) / split
+        if path.is_file():
+            h.update(path.read_bytes())
+    return f"sweep-{h.hexdigest()[:12]}"
+
+
+def run_sweep(params: Params, *, data_dir: str | Path = "data/prepared", out_dir: str | Path = "reports/tune",
+              root: str | Path = ".", fresh: bool = False, log=print) -> SweepOutcome:
+    """Run (or resume) the sweep of ``params.tune`` and write its outputs into ``out_dir``.
+
+    Raises:
+        ParamsError: the search space is invalid (before Ray starts).
+        FileNotFoundError: the prepared data is missing.
+    """
+    dims = validate_space(params)
+    root = Path(root).resolve()
+    data_dir = Path(data_dir).resolve()
+    for split in ("train.json", "val.json"):
+        if not (data_dir / split).is_file():
+            raise FileNotFoundError(f"{data_dir / split} not found: run `python -m pipeline prepare` first")
+
+    from ray import tune
+
+    from pipeline.training import driver
+    from pipeline.training import tracking as train_tracking
+    from pipeline.tuning import tracking
+
+    t = params.tune
+    sweep_id = experiment_name(params, data_dir)
+    storage = driver.resolve_storage_path(params.ray.storage_path, root)
+    tune_storage = f"{storage.rstrip('/')}/tune"
+    experiment_path = f"{tune_storage}/{sweep_id}"
+    state_path = f"{experiment_path}/sweep.json"   # our own state: the MLflow parent run
+    total = num_trials(params, dims)
+
+    started = driver.ensure_ray(params.ray.address)
+    try:
+        if fresh and tune.Tuner.can_restore(experiment_path):
+            log(f"--fresh: removing the previous sweep {experiment_path}")
+            _remove(experiment_path)
+        resumed = tune.Tuner.can_restore(experiment_path)
+        state = _read_json(state_path) if resumed else {}
+        tracking_uri = train_tracking.resolve_tracking_uri(params.mlflow.tracking_uri, root)
+        train_tracking.check_reachable(tracking_uri)
+        parent = tracking.start_parent(
+            tracking_uri=tracking_uri, experiment_name=params.mlflow.experiment_name, sweep_id=sweep_id,
+            experiment_path=experiment_path, root=root, run_id=state.get("parent_run_id"),
+            params={"tune": params.to_dict()["tune"], "data_dir": str(data_dir)},
+        )
+        spec = TrialSpec(base=trial_base(params), data_dir=str(data_dir), train_storage=f"{experiment_path}/train",
+                         parent_run_id=parent["run_id"], metric=t.metric, sweep_id=sweep_id, root=str(root))
+        trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), TRIAL_RESOURCES)
+        if resumed:
+            log(f"resuming sweep {sweep_id} from {experiment_path} (MLflow run {parent['run_id']})")
+            tuner = tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True, resume_errored=True)
+        else:
+            log(f"sweep {sweep_id}: {total} trial(s) of {t.epochs} epoch(s), {t.search} search, ASHA on {t.metric} "
+                f"-> {experiment_path} (MLflow run {parent['run_id']})")
+            tuner = _new_tuner(params, dims, trainable, tune_storage, sweep_id)
+            _write_json(state_path, {"parent_run_id": parent["run_id"], "sweep_id": sweep_id, "trials": total})
+        with _lenient_metric_check():
+            grid = tuner.fit()
+        done = _trials_done(experiment_path)
+        if done < total:
+            log(f"sweep interrupted after {done}/{total} trial(s); rerun the same command to resume "
+                f"(or add --fresh to start over)")
+            return SweepOutcome(experiment_path, sweep_id, complete=False, resumed=resumed,
+                                mlflow_run_id=parent["run_id"])
+        outcome = _finish(params, dims, grid, parent, Path(out_dir), sweep_id, experiment_path, resumed)
+        log(f"best trial {outcome.best.trial_id if outcome.best else None}: {t.metric} = "
+            f"{outcome.best.last(t.metric) if outcome.best else None}; train it with:\n  {outcome.train_command}")
+        return outcome
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+def _new_tuner(params: Params, dims: list[Dimension], trainable: Any, tune_storage: str, sweep_id: str) -> Any:
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import BasicVariantGenerator
+
+    from pipeline.tuning.callbacks import InterruptAfter
+
+    t = params.tune
+    scheduler = ASHAScheduler(time_attr="epoch", metric=t.metric, mode=t.mode, max_t=t.epochs,
+                              grace_period=min(t.grace_period, t.epochs), reduction_factor=t.reduction_factor)
+    return tune.Tuner(
+        trainable,
+        param_space=to_tune_space(dims, t.search),
+        tune_config=tune.TuneConfig(
+            # max_concurrent_trials is ignored when a BasicVariantGenerator is passed: limit it here
+            search_alg=BasicVariantGenerator(random_state=t.seed, max_concurrent=t.max_concurrent_trials),
+            scheduler=scheduler, num_samples=t.num_samples,
+            trial_dirname_creator=_trial_dirname,
+        ),
+        run_config=tune.RunConfig(name=sweep_id, storage_path=tune_storage, verbose=1,
+                                  callbacks=[InterruptAfter()]),
+    )
+
+
+def _trials_done(experiment_path: str) -> int:
+    """Trials that ended (finished, stopped by ASHA, or failed) according to the saved experiment state.
+
+    Not the ``ResultGrid``: after an interruption Tune stops the running trials in memory
+    (TERMINATED) but saved them as RUNNING, which is what a restore resumes.
+    """
+    from ray.tune import ExperimentAnalysis
+    from ray.tune.experiment import Trial
+
+    analysis = ExperimentAnalysis(experiment_path)
+    return sum(trial.status in (Trial.TERMINATED, Trial.ERROR) for trial in analysis.trials)
+
+
+def _trial_dirname(trial: Any) -> str:
+    return trial.trial_id
+
+
+def _finish(params: Params, dims: list[Dimension], grid: Any, parent: dict[str, str], out_dir: Path,
+            sweep_id: str, experiment_path: str, resumed: bool) -> SweepOutcome:
+    from pipeline.tuning import tracking
+
+    t = params.tune
+    records = [_record(result, t.epochs) for result in grid]
+    records.sort(key=lambda r: r.trial_id)
+    best = None
+    try:
+        best = res.best_trial(records, t.metric, t.mode)
+    except ValueError:
+        pass
+    tracking.close_child_runs(parent["tracking_uri"], parent["run_id"], records, best)
+    base = params.to_dict()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    outputs = {"trials_csv": res.write_trials_csv(res.trials_table(records, dims, METRICS, best), out_dir / TRIALS_CSV),
+               "plot": res.plot_trials(records, dims, t.metric, out_dir / PLOT)}
+    command = None
+    if best is not None:
+        outputs["best_params"] = res.write_best_params(best, base, out_dir / BEST_PARAMS, metric=t.metric,
+                                                       sweep_id=sweep_id)
+        command = res.train_best_command(best)
+    summary = {"trials": len(records), "finished": sum(r.status == res.FINISHED for r in records),
+               "stopped_early": sum(r.status == res.STOPPED for r in records),
+               "errors": sum(r.status == res.ERROR for r in records), "train_best_command": command or "",
+               "experiment_path": experiment_path}
+    tracking.finish_parent(parent, best=best, metric=t.metric, summary=summary, artifacts=list(outputs.values()),
+                           status="FINISHED" if best is not None else "FAILED")
+    return SweepOutcome(experiment_path, sweep_id, complete=True, resumed=resumed, records=records, best=best,
+                        outputs=outputs, mlflow_run_id=parent["run_id"], train_command=command)
+
+
+def _record(result: Any, epochs: int) -> res.TrialRecord:
+    """A Tune ``Result`` as a :class:`TrialRecord`: one history row per epoch (the latest report wins)."""
+    trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
+    rows: dict[int, dict[str, Any]] = {}
+    frame = result.metrics_dataframe
+    if frame is not None and "epoch" in frame:
+        for row in frame.to_dict("records"):
+            keep = {k: v for k, v in row.items() if k in ("epoch", "anchor_bpr", "anchor_mean_best_iou", "loss", *METRICS)
+                    and v is not None and v == v}  # v == v drops NaN
+            if "epoch" in keep:
+                rows[int(keep["epoch"])] = {**rows.get(int(keep["epoch"]), {}), **keep}
+    record = res.TrialRecord(trial_id, dict(result.config or {}), [rows[e] for e in sorted(rows)])
+    record.status = res.trial_status(record, epochs, errored=result.error is not None)
+    return record
+
+
+class _lenient_metric_check:
+    """The epoch-0 report (anchor fit, no AP yet) lacks ``tune.metric``; Tune would reject it.
+    The trial checks instead that training reported the metric."""
+
+    def __enter__(self) -> None:
+        self.previous = os.environ.get("TUNE_DISABLE_STRICT_METRIC_CHECKING")
+        os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.previous is None:
+            os.environ.pop("TUNE_DISABLE_STRICT_METRIC_CHECKING", None)
+        else:
+            os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = self.previous
+
+
+def _remove(path: str) -> None:
+    if "://" in path:
+        import pyarrow.fs
+
+        fs, p = pyarrow.fs.FileSystem.from_uri(path)
+        fs.delete_dir(p)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    if "://" in path:
+        import pyarrow.fs
+
+        fs, p = pyarrow.fs.FileSystem.from_uri(path)
+        try:
+            with fs.open_input_stream(p) as f:
+                return json.loads(f.read().decode())
+        except FileNotFoundError:
+            return {}
+    file = Path(path)
+    return json.loads(file.read_text()) if file.is_file() else {}
+
+
+def _write_json(path: str, data: dict[str, Any]) -> None:
+    text = json.dumps(data, indent=2) + "\n"
+    if "://" in path:
+        import pyarrow.fs
+
+        fs, p = pyarrow.fs.FileSystem.from_uri(path)
+        with fs.open_output_stream(p) as f:
+            f.write(text.encode())
+    else:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text)
+

@@ -1,0 +1,74 @@
+"""One trial of the sweep: a Ray Tune function trainable around the training driver.
+
+Layer 3 of 3 (see :mod:`pipeline.training`): Ray Train V2 cannot hand a ``TorchTrainer`` to
+a ``Tuner``, so each trial is a plain function that reports the anchor fit of its config
+at epoch 0 (free: no training needed), then calls :func:`pipeline.training.fit`, whose
+``TuneReportCallback`` forwards rank 0's per-epoch metrics (``epoch``, ``AP50``, ``AP``)
+to Tune, where ASHA may stop the trial. The trial itself reserves (almost) no resources;
+its DDP workers reserve theirs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.params import Params
+from pipeline.tuning.space import trial_params
+
+# What each trial reserves for itself: {"cpu": 0} alone is rejected by Tune.
+TRIAL_RESOURCES = {"cpu": 0, "memory": 1 << 20}
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """Everything a trial needs besides its sampled config (picklable, sent to every trial).
+
+    ``base`` is ``Params.to_dict()`` with the sweep's per-trial settings already applied
+    (epochs, workers, no model registration).
+    """
+
+    base: dict[str, Any]
+    data_dir: str
+    train_storage: str            # Ray Train runs of the trials: <train_storage>/<trial_id>
+    parent_run_id: str | None     # the sweep's MLflow run
+    metric: str
+    sweep_id: str
+    root: str
+
+
+def anchor_report(params: Params, data_dir: str | Path) -> dict[str, float]:
+    """The anchor fit (best possible recall) of ``params``'s anchors on the train split.
+
+    Computed on the boxes after the training resize, at the RPN foreground IoU of the config.
+    """
+    from pipeline.data.anchor_fit import anchor_fit, gt_from_coco
+
+    coco = json.loads((Path(data_dir) / "train.json").read_text())
+    config = params.detector_config(num_classes=max(1, len(coco.get("categories", []))))
+    boxes, sizes, _ = gt_from_coco(coco, params.data.resize.min_size, params.data.resize.max_size)
+    fit = anchor_fit(boxes, sizes, None, config.strides, config.anchors.scales, config.anchors.aspect_ratios,
+                     fg_iou=config.rpn.iou_thresholds[1])
+    return {"anchor_bpr": fit["bpr"] if fit["bpr"] is not None else 0.0,
+            "anchor_mean_best_iou": fit["mean_best_iou"] if fit["mean_best_iou"] is not None else 0.0}
+
+
+def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
+    """The Tune trainable: anchor fit at epoch 0, then one training run through the driver."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from pipeline.training import fit
+
+    trial_id = tune.get_context().get_trial_id()
+    params = trial_params(spec.base, config)
+    tune.report({"epoch": 0, **anchor_report(params, spec.data_dir)})
+    tags = {"tune.trial_id": trial_id, "tune.sweep_id": spec.sweep_id,
+            "tune.config": json.dumps(config, sort_keys=True, default=str)}
+    result = fit(params, run_name=trial_id, storage_path=spec.train_storage, callbacks=[TuneReportCallback()],
+                 mlflow_parent_run_id=spec.parent_run_id, data_dir=spec.data_dir, tags=tags, root=spec.root)
+    if not any(spec.metric in row for row in result.history):
+        raise RuntimeError(f"trial {trial_id}: training reported no {spec.metric} (tune.metric); "
+                           f"validation must run every epoch")

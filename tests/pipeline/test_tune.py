@@ -1,0 +1,113 @@
+"""The tune stage end to end (pipeline/tune.py, pipeline/tuning/sweep.py): a tiny real sweep.
+
+One Ray session runs a 4-trial, 2-epoch ASHA sweep on the tiny dataset, interrupted (like
+Ctrl+C) after 2 trials and resumed by rerunning the same command: completed trials are not
+redone, the MLflow runs nest under one parent, and ``best_params.yaml`` validates.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.cli import main
+from pipeline.params import load_params
+
+TINY_SWEEP = [
+    "tune.epochs=2", "tune.grace_period=1", "tune.reduction_factor=2", "tune.max_concurrent_trials=2",
+    "tune.workers_per_trial=1", "tune.search=grid", "tune.num_samples=1",
+    "tune.space={model.anchors.aspect_ratios: {grid: [[1.0], [0.5, 1.0, 2.0]]}, "
+    "model.anchors.scales: {grid: [[2], [4]]}, model.roi.iou_threshold: {uniform: [0.4, 0.6]}}",
+    "model.rpn.pre_nms_topk_train=200", "model.rpn.post_nms_topk_train=100",
+    "model.rpn.pre_nms_topk_test=100", "model.rpn.post_nms_topk_test=50",
+]
+
+
+def _tiny_sweep_params(tmp_path, tiny_params_file, *extra):
+    storage = tmp_path / "ray"
+    return tiny_params_file(tmp_path, [*TINY_SWEEP, f"ray.storage_path={storage}",
+                                       f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", *extra])
+
+
+@pytest.fixture
+def params_file(tmp_path):
+    from conftest import tiny_params_file
+
+    return lambda *extra: _tiny_sweep_params(tmp_path, tiny_params_file, *extra)
+
+
+def test_bad_space_fails_before_any_trial(tmp_path, params_file, capsys):
+    path = params_file("tune.space={model.rpn.iou_thresholds: {choice: [[0.3, 0.7], [0.3]]}}")
+    assert main(["tune", "--params", str(path), "--data-dir", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert "tune.space.model.rpn.iou_thresholds: choice value 1 ([0.3])" in err
+    assert not (tmp_path / "ray").exists()  # nothing started
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_tiny_sweep_interrupted_then_resumed(tmp_path, tiny_coco, params_file, monkeypatch):
+    import ray
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.training.driver import ensure_ray
+    from pipeline.tuning.sweep import run_sweep
+
+    params = load_params(params_file())
+    out = tmp_path / "reports"
+    started = ensure_ray(None)  # one Ray session for both runs (run_sweep leaves it running)
+    try:
+        monkeypatch.setenv("DETPIPE_TUNE_INTERRUPT_AFTER", "2")
+        first = run_sweep(params, data_dir=tiny_coco, out_dir=out, root=tmp_path)
+        assert not first.complete and not out.exists()
+        progress = sorted(Path(first.experiment_path).glob("*/progress.csv"))
+        epochs_before = {p.parent.name: p.read_text().count("\n") for p in progress}
+
+        monkeypatch.delenv("DETPIPE_TUNE_INTERRUPT_AFTER")
+        second = run_sweep(params, data_dir=tiny_coco, out_dir=out, root=tmp_path)
+    finally:
+        if started:
+            ray.shutdown()
+    assert second.complete and second.resumed and second.experiment_path == first.experiment_path
+    records = {r.trial_id: r for r in second.records}
+    assert len(records) == 4
+    # trials completed before the interruption were not run again
+    done_before = [t for t, r in records.items() if t in epochs_before and r.status != "error"
+                   and (Path(first.experiment_path) / t / "progress.csv").read_text().count("\n") == epochs_before[t]]
+    assert len(done_before) >= 2
+    statuses = sorted(r.status for r in records.values())
+    assert set(statuses) <= {"finished", "stopped_early"} and "finished" in statuses
+    for r in records.values():
+        assert r.history[0]["epoch"] == 0 and 0.0 <= r.history[0]["anchor_bpr"] <= 1.0
+
+    # outputs
+    rows = list(csv.DictReader((out / "trials.csv").open()))
+    assert len(rows) == 4 and sum(row["best"] == "True" for row in rows) == 1
+    best = yaml.safe_load((out / "best_params.yaml").read_text())
+    from detector import DetectorConfig
+
+    config = DetectorConfig.from_dict(best["model"], num_classes=2)
+    assert json.loads(rows[[row["best"] for row in rows].index("True")]["model.anchors.scales"]) == config.anchors.scales
+    assert (out / "ap_vs_params.png").read_bytes()[:4] == b"\x89PNG"
+    assert second.train_command.startswith("dvc exp run -S 'model.anchors.aspect_ratios=")
+
+    # MLflow: one parent, four children with the trial params and a final status each
+    client = MlflowClient(params.mlflow.tracking_uri)
+    parent = client.get_run(second.mlflow_run_id)
+    assert parent.info.status == "FINISHED" and first.mlflow_run_id == second.mlflow_run_id
+    assert {"trials.csv", "best_params.yaml", "ap_vs_params.png"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert sorted(c.data.tags["tune.trial_id"] for c in children) == sorted(records)
+    for child in children:
+        record = records[child.data.tags["tune.trial_id"]]
+        assert child.info.status == {"finished": "FINISHED", "stopped_early": "KILLED"}[record.status]
+        assert child.data.tags["tune.status"] == record.status
+        assert child.data.params["model.anchors.scales"] == str(record.config["model.anchors.scales"])
+        assert "anchor_bpr" in child.data.metrics
+    assert sum(c.data.tags["tune.best"] == "true" for c in children) == 1
+    assert parent.data.tags["tune.best_trial_id"] == second.best.trial_id
