@@ -208,8 +208,10 @@ class RoIConfig(_Section):
         _fraction("nms_threshold", self.nms_threshold)
         for name in ("batch_size_per_image", "output_size", "head_dim", "detections_per_image"):
             _positive(name, getattr(self, name))
-        if self.sampling_ratio < 0:
-            raise ValueError(f"sampling_ratio: must be >= 0 (0 = adaptive), got {self.sampling_ratio}")
+        if self.sampling_ratio < 1:
+            raise ValueError(
+                f"sampling_ratio: must be >= 1 (adaptive sampling is not supported), got {self.sampling_ratio}"
+            )
         _weights("box_weights", self.box_weights)
         if self.smooth_l1_beta < 0:
             raise ValueError(f"smooth_l1_beta: must be >= 0, got {self.smooth_l1_beta}")

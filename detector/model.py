@@ -23,7 +23,8 @@ from detector.backbone import Backbone, build_backbone
 from detector.boxes import BoxCoder
 from detector.config import DetectorConfig
 from detector.matching import Matcher
-from detector.roi_heads import BoxHead, MultiLevelRoIAlign, RoIHeads
+from detector.pooling import MultiLevelRoIAlign
+from detector.roi_heads import BoxHead, RoIHeads
 from detector.rpn import RPN, RPNHead, Targets
 
 __all__ = ["FasterRCNN", "build_model"]
@@ -186,7 +187,7 @@ class FasterRCNN(nn.Module):
         features, image_sizes, padded_sizes = self.features(imgs)
         proposals, proposal_valid, rpn_losses = self.rpn(features, image_sizes, padded_sizes, gt, generator)
         detections, roi_losses = self.roi_heads(
-            features, proposals, proposal_valid, image_sizes, gt, generator
+            features, proposals, proposal_valid, image_sizes, padded_sizes, gt, generator
         )
         if self.training:
             return {**rpn_losses, **roi_losses}

@@ -10,77 +10,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import batched_nms, roi_align
+from torchvision.ops import batched_nms
 
-from detector.boxes import BoxCoder, box_area, clip_boxes, remove_small_boxes
+from detector.boxes import BoxCoder, clip_boxes, remove_small_boxes
 from detector.matching import Matcher
+from detector.pooling import MultiLevelRoIAlign
 from detector.rpn import Targets, pack_per_image
 from detector.sampling import sample_balanced
 
-__all__ = ["BoxHead", "MultiLevelRoIAlign", "RoIHeads"]
-
-
-class MultiLevelRoIAlign(nn.Module):
-    """RoIAlign from the FPN level matching each box's size (FPN paper, eq. 1).
-
-    A box of side ``sqrt(area)`` goes to level
-    ``floor(canonical_level + log2(sqrt(area) / canonical_size))`` clamped to the
-    pooled levels. Strides are explicit (nothing is inferred from shapes).
-
-    Args:
-        levels: FPN levels of the feature list given to ``forward`` (e.g. ``[3, 4, 5, 6]``).
-        pooled_levels: the levels RoIs may be pooled from (default: those <= 5; like
-            torchvision, the max-pooled p6 is for proposals only).
-    """
-
-    def __init__(
-        self,
-        levels: list[int],
-        output_size: int,
-        sampling_ratio: int,
-        canonical_size: float = 224.0,
-        canonical_level: int = 4,
-        pooled_levels: list[int] | None = None,
-    ) -> None:
-        super().__init__()
-        self.levels = list(levels)
-        self.pooled_levels = pooled_levels or [lv for lv in levels if lv <= 5] or [levels[0]]
-        self.output_size = output_size
-        self.sampling_ratio = sampling_ratio
-        self.canonical_size = canonical_size
-        self.canonical_level = canonical_level
-
-    def assign_levels(self, boxes: Tensor) -> Tensor:
-        """``(R, 4)`` boxes -> ``(R,)`` FPN level of each."""
-        side = box_area(boxes).clamp(min=0).sqrt()
-        level = torch.floor(self.canonical_level + torch.log2(side / self.canonical_size + 1e-6))
-        return level.clamp(min(self.pooled_levels), max(self.pooled_levels)).to(torch.int64)
-
-    def forward(self, features: list[Tensor], boxes: Tensor, batch_idx: Tensor) -> Tensor:
-        """Pool ``(R, 4)`` boxes of images ``batch_idx`` ``(R,)`` -> ``(R, F, S, S)``.
-
-        Every level's map is given one extra row and column of zeros, so that a
-        box touching an image's edge samples the same values whether the image is
-        alone or padded inside a larger batch.
-        """
-        rois = torch.cat([batch_idx[:, None].to(boxes.dtype), boxes], dim=1)  # (R, 5)
-        levels = self.assign_levels(boxes)
-        first = features[0]
-        out = first.new_zeros(boxes.shape[0], first.shape[1], self.output_size, self.output_size)
-        for level in self.pooled_levels:
-            idx = (levels == level).nonzero().squeeze(1)
-            if idx.numel() == 0:
-                continue
-            feat = F.pad(features[self.levels.index(level)], (0, 1, 0, 1))
-            out[idx] = roi_align(
-                feat,
-                rois[idx],
-                self.output_size,
-                spatial_scale=1.0 / 2**level,
-                sampling_ratio=self.sampling_ratio,
-                aligned=True,
-            )
-        return out
+__all__ = ["BoxHead", "RoIHeads"]
 
 
 class BoxHead(nn.Module):
@@ -156,6 +94,7 @@ class RoIHeads(nn.Module):
         proposals: Tensor,
         proposal_valid: Tensor,
         image_sizes: Tensor,
+        padded_sizes: Tensor | None = None,
         targets: Targets | None = None,
         generator: torch.Generator | None = None,
     ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
@@ -165,14 +104,15 @@ class RoIHeads(nn.Module):
             features: per level ``(B, F, H_l, W_l)``.
             proposals: ``(B, P, 4)``; ``proposal_valid`` ``(B, P)``.
             image_sizes: ``(B, 2)`` true ``(h, w)`` per image.
+            padded_sizes: ``(B, 2)`` each image's own padded size when the batch mixes sizes.
 
         Returns:
             ``(detections, losses)``: with targets ``([], {"loss_cls", "loss_box"})``;
             without, one ``{"boxes" (D, 4), "scores" (D,), "labels" (D,)}`` per image and ``{}``.
         """
         if targets is not None:
-            return [], self.losses(features, proposals, proposal_valid, targets, generator)
-        return self.detect(features, proposals, proposal_valid, image_sizes), {}
+            return [], self.losses(features, proposals, proposal_valid, targets, padded_sizes, generator)
+        return self.detect(features, proposals, proposal_valid, image_sizes, padded_sizes), {}
 
     def losses(
         self,
@@ -180,6 +120,7 @@ class RoIHeads(nn.Module):
         proposals: Tensor,
         proposal_valid: Tensor,
         targets: Targets,
+        padded_sizes: Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> dict[str, Tensor]:
         """Cross-entropy + smooth-L1 (true class only) over sampled RoIs, both / number of RoIs."""
@@ -195,7 +136,7 @@ class RoIHeads(nn.Module):
         fg_idx = fg.nonzero().squeeze(1)
         cls_target = torch.zeros_like(b)  # (R,) background unless foreground
         cls_target[fg_idx] = targets.labels[b[fg_idx], matched[fg_idx]]
-        logits, deltas = self.box_head(self.pooler(features, rois, b))
+        logits, deltas = self.box_head(self.pooler(features, rois, b, padded_sizes))
         num = max(b.numel(), 1)
         loss_cls = F.cross_entropy(logits, cls_target, reduction="sum") / num
         # (R, C*4) -> (R, C, 4), then each foreground RoI's own class
@@ -206,13 +147,18 @@ class RoIHeads(nn.Module):
 
     @torch.no_grad()
     def detect(
-        self, features: list[Tensor], proposals: Tensor, proposal_valid: Tensor, image_sizes: Tensor
+        self,
+        features: list[Tensor],
+        proposals: Tensor,
+        proposal_valid: Tensor,
+        image_sizes: Tensor,
+        padded_sizes: Tensor | None = None,
     ) -> list[dict[str, Tensor]]:
         """Softmax scores, per-class decoding, clip, threshold, class-wise NMS, top detections."""
         B, C = proposals.shape[0], self.num_classes
         b, i = proposal_valid.nonzero(as_tuple=True)
         rois = proposals[b, i]  # (R, 4)
-        logits, deltas = self.box_head(self.pooler(features, rois, b))
+        logits, deltas = self.box_head(self.pooler(features, rois, b, padded_sizes))
         scores = F.softmax(logits, dim=-1)[:, 1:]  # (R, C)
         # (R, C*4) -> (R, C, 4) decoded against (R, 1, 4) proposals
         boxes = self.box_coder.decode(deltas.view(-1, C, 4), rois[:, None, :])

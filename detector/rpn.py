@@ -192,7 +192,9 @@ class RPN(nn.Module):
         masks = self.anchor_masks(features, padded_sizes)
         logits, deltas = self.head(features, masks)
         shapes = [tuple(x.shape[-2:]) for x in features]
-        anchors = self.anchor_generator(shapes, device=features[0].device, dtype=features[0].dtype)
+        # anchors stay in (at least) float32 even when the features are half precision
+        dtype = torch.promote_types(features[0].dtype, torch.float32)
+        anchors = self.anchor_generator(shapes, device=features[0].device, dtype=dtype)
         num_a = self.anchor_generator.num_anchors_per_location
         # (B, 1, H, W) -> (B, H*W*A): the anchors of a location share its mask
         valid = (

@@ -49,7 +49,9 @@ def test_bad_files(tiny, tmp_path):
         load_checkpoint(junk)
     plain = tmp_path / "plain.pt"
     torch.save(build_model(tiny()).state_dict(), plain)
-    with pytest.raises(ValueError, match=r"plain\.pt.*not a detector checkpoint \(found a plain state_dict\)"):
+    with pytest.raises(
+        ValueError, match=r"plain\.pt.*not a detector checkpoint \(found a plain state_dict\)"
+    ):
         load_checkpoint(plain)
     other = tmp_path / "list.pt"
     torch.save([1, 2, 3], other)

@@ -41,7 +41,10 @@ def test_defaults():
         (lambda: DetectorConfig(num_classes=2, fpn_channels=0), "fpn_channels"),
         (lambda: DetectorConfig(num_classes=2, trainable_backbone_layers=6), "trainable_backbone_layers"),
         (lambda: DetectorConfig(num_classes=2, image_std=[1.0, 0.0, 1.0]), "image_std"),
-        (lambda: DetectorConfig(num_classes=2, anchors=AnchorConfig(scales=[[4.0], [8.0]])), "anchors.scales"),
+        (
+            lambda: DetectorConfig(num_classes=2, anchors=AnchorConfig(scales=[[4.0], [8.0]])),
+            "anchors.scales",
+        ),
     ],
 )
 def test_bad_values_name_the_field(make, field):
@@ -70,12 +73,18 @@ def test_from_dict_and_round_trip():
 @pytest.mark.parametrize(
     "d, message",
     [
-        ({"rpn": {"iou_thresholds": [0.7, 0.6]}}, r"model\.rpn\.iou_thresholds: low \(0\.7\) must be < high \(0\.6\)"),
+        (
+            {"rpn": {"iou_thresholds": [0.7, 0.6]}},
+            r"model\.rpn\.iou_thresholds: low \(0\.7\) must be < high \(0\.6\)",
+        ),
         ({"rpn": {"nms_thresh": 0.5}}, r"model\.rpn\.nms_thresh: unknown key"),
         ({"colour": "red"}, r"model\.colour: unknown key"),
         ({"fpn_channels": "wide"}, r"model\.fpn_channels: expected int, got 'wide'"),
         ({"fpn_channels": 1.5}, r"model\.fpn_channels: expected int"),
-        ({"rpn": {"allow_low_quality_matches": "yes"}}, r"model\.rpn\.allow_low_quality_matches: expected bool"),
+        (
+            {"rpn": {"allow_low_quality_matches": "yes"}},
+            r"model\.rpn\.allow_low_quality_matches: expected bool",
+        ),
         ({"rpn": {"batch_size_per_image": True}}, r"model\.rpn\.batch_size_per_image: expected int"),
         ({"anchors": {"aspect_ratios": [0.5, "x"]}}, r"model\.anchors\.aspect_ratios"),
         ({"anchors": {"aspect_ratios": []}}, r"model\.anchors\.aspect_ratios: must not be empty"),

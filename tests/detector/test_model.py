@@ -72,10 +72,22 @@ def test_tensor_input_equals_list(tiny, gen):
 @pytest.mark.parametrize(
     "target, message",
     [
-        ({"boxes": torch.tensor([[10.0, 10, 5, 20]]), "labels": torch.tensor([1])}, r"targets\[1\]: degenerate box 0"),
-        ({"boxes": torch.tensor([[0.0, 0, 5, 5], [1, 1, 1, 9]]), "labels": torch.tensor([1, 1])}, "degenerate box 1"),
-        ({"boxes": torch.tensor([[0.0, 0, float("nan"), 5]]), "labels": torch.tensor([1])}, "degenerate box 0"),
-        ({"boxes": torch.tensor([[0.0, 0, 5, 5]]), "labels": torch.tensor([3])}, r"labels must be integers in 1\.\.2"),
+        (
+            {"boxes": torch.tensor([[10.0, 10, 5, 20]]), "labels": torch.tensor([1])},
+            r"targets\[1\]: degenerate box 0",
+        ),
+        (
+            {"boxes": torch.tensor([[0.0, 0, 5, 5], [1, 1, 1, 9]]), "labels": torch.tensor([1, 1])},
+            "degenerate box 1",
+        ),
+        (
+            {"boxes": torch.tensor([[0.0, 0, float("nan"), 5]]), "labels": torch.tensor([1])},
+            "degenerate box 0",
+        ),
+        (
+            {"boxes": torch.tensor([[0.0, 0, 5, 5]]), "labels": torch.tensor([3])},
+            r"labels must be integers in 1\.\.2",
+        ),
         ({"boxes": torch.tensor([[0.0, 0, 5, 5]]), "labels": torch.tensor([1, 2])}, "1 boxes but 2 labels"),
         ({"boxes": torch.tensor([[0.0, 0, 5, 5]])}, "needs 'boxes' and 'labels'"),
     ],
@@ -110,7 +122,10 @@ def _fits(model, imgs, targets) -> bool:
             return False
         iou = box_iou(target["boxes"], det["boxes"][confident])  # (G, D)
         best = iou.max(dim=1)
-        if not ((best.values > 0.7).all() and torch.equal(det["labels"][confident][best.indices], target["labels"])):
+        if not (
+            (best.values > 0.7).all()
+            and torch.equal(det["labels"][confident][best.indices], target["labels"])
+        ):
             return False
     return True
 

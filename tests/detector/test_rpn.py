@@ -49,7 +49,9 @@ def test_losses_finite_and_zero_gt(tiny, gen):
     assert all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
     assert torch.isfinite(feats[0].grad).all()
-    empty = Targets(torch.zeros(2, 0, 4), torch.zeros(2, 0, dtype=torch.int64), torch.zeros(2, 0, dtype=torch.bool))
+    empty = Targets(
+        torch.zeros(2, 0, 4), torch.zeros(2, 0, dtype=torch.int64), torch.zeros(2, 0, dtype=torch.bool)
+    )
     _, _, losses = rpn(feats, sizes, targets=empty, generator=gen)
     assert torch.isfinite(losses["loss_rpn_obj"]) and losses["loss_rpn_box"] == 0
 
