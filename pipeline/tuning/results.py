@@ -191,11 +191,13 @@ def _flow(value: Any) -> Any:
     return value
 
 
-def plot_trials(records: list[TrialRecord], dims: list[Dimension], metric: str, path: str | Path) -> Path:
+def plot_trials(records: list[TrialRecord], dims: list[Dimension], metric: str, path: str | Path,
+                best: TrialRecord | None = None) -> Path:
     """One panel per swept key: the trial's last ``metric`` against the key's value.
 
     Listed values (anchor scales, aspect-ratio sets, IoU pairs) are categories on the
-    x axis; distributions are continuous. Trials stopped early by ASHA are hollow.
+    x axis; distributions are continuous. Trials stopped early by ASHA are hollow; the
+    best trial is ringed in red.
     """
     import matplotlib
 
@@ -217,6 +219,8 @@ def plot_trials(records: list[TrialRecord], dims: list[Dimension], metric: str, 
             x = labels.index(json.dumps(r.config[dim.key])) if labels else r.config[dim.key]
             filled = r.status == FINISHED
             ax.scatter([x], [y], s=40, edgecolors="C0", facecolors="C0" if filled else "none")
+            if best is not None and r.trial_id == best.trial_id:
+                ax.scatter([x], [y], s=160, edgecolors="C3", facecolors="none", linewidths=1.5)
         if labels:
             ax.set_xticks(range(len(labels)), labels, rotation=20, fontsize=7)
             ax.set_xlim(-0.5, len(labels) - 0.5)
@@ -227,7 +231,7 @@ def plot_trials(records: list[TrialRecord], dims: list[Dimension], metric: str, 
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(dims):]:
         ax.axis("off")
-    fig.suptitle(f"{metric} per trial (hollow: stopped early by ASHA)", fontsize=10)
+    fig.suptitle(f"{metric} per trial (hollow: stopped early by ASHA; red ring: best)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

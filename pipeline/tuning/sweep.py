@@ -77,7 +77,7 @@ def experiment_name(params: Params, data_dir: str | Path) -> str:
     base = trial_base(params)
     tune = {k: v for k, v in base.pop("tune").items() if k != "max_concurrent_trials"}
     keyed = {"model": base["model"], "train": base["train"], "resize": base["data"]["resize"],
-             "evaluate": base["evaluate"], "workers": [base["ray"][k] for k in ("num_workers", "use_gpu")],
+             "validation": [base["evaluate"][k] for k in ("batch_size", "score_threshold")], "workers": [base["ray"][k] for k in ("num_workers", "use_gpu")],
              "tune": tune}
     h = hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode())
     for split in ("train.json", "val.json"):
@@ -147,6 +147,7 @@ def run_sweep(params: Params, *, data_dir: str | Path = "data/prepared", out_dir
         if done < total:
             log(f"sweep interrupted after {done}/{total} trial(s); rerun the same command to resume "
                 f"(or add --fresh to start over)")
+            tracking.mark_interrupted(parent)
             return SweepOutcome(experiment_path, sweep_id, complete=False, resumed=resumed,
                                 mlflow_run_id=parent["run_id"])
         outcome = _finish(params, dims, grid, parent, Path(out_dir), sweep_id, experiment_path, resumed)
@@ -217,7 +218,7 @@ def _finish(params: Params, dims: list[Dimension], grid: Any, parent: dict[str, 
     base = params.to_dict()
     out_dir.mkdir(parents=True, exist_ok=True)
     outputs = {"trials_csv": res.write_trials_csv(res.trials_table(records, dims, METRICS, best), out_dir / TRIALS_CSV),
-               "plot": res.plot_trials(records, dims, t.metric, out_dir / PLOT)}
+               "plot": res.plot_trials(records, dims, t.metric, out_dir / PLOT, best)}
     command = None
     if best is not None:
         outputs["best_params"] = res.write_best_params(best, base, out_dir / BEST_PARAMS, metric=t.metric,

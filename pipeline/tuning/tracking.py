@@ -16,7 +16,7 @@ from typing import Any
 
 from pipeline.tuning.results import ERROR, FINISHED, STOPPED, TrialRecord
 
-__all__ = ["close_child_runs", "finish_parent", "start_parent"]
+__all__ = ["child_runs", "close_child_runs", "finish_parent", "mark_interrupted", "start_parent"]
 
 _FINAL_STATUS = {FINISHED: "FINISHED", STOPPED: "KILLED", ERROR: "FAILED"}
 
@@ -33,6 +33,7 @@ def start_parent(*, tracking_uri: str, experiment_name: str, sweep_id: str, expe
         client = MlflowClient(tracking_uri)
         run = client.get_run(run_id)
         client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        client.set_tag(run_id, "tune.resumed", "true")
         return {"run_id": run_id, "tracking_uri": tracking_uri, "experiment_id": run.info.experiment_id}
     # a unique ray_run tag: a fresh sweep (--fresh) must not reopen the previous parent
     run = tracking.start_run(
@@ -100,3 +101,12 @@ def finish_parent(run: dict[str, str], *, best: TrialRecord | None, metric: str,
         if path.is_file():
             client.log_artifact(run["run_id"], str(path))
     client.set_terminated(run["run_id"], status=status)
+
+
+def mark_interrupted(run: dict[str, str]) -> None:
+    """An interrupted sweep's parent is KILLED until the rerun reopens it."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(run["tracking_uri"])
+    client.set_tag(run["run_id"], "tune.interrupted", "true")
+    client.set_terminated(run["run_id"], status="KILLED")

@@ -115,5 +115,5 @@ def test_apply_keeps_comments(tmp_path, records):
 
 def test_plot_writes_png(tmp_path, records):
     dims = parse_space({**SPACE, "model.roi.iou_threshold": {"uniform": [0.4, 0.6]}})
-    path = plot_trials(records, dims, "AP50", tmp_path / "ap.png")
+    path = plot_trials(records, dims, "AP50", tmp_path / "ap.png", best=records[1])
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
