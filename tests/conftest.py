@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -90,6 +91,12 @@ def tiny_params_file(tmp_path: Path, overrides: list[str] = (), name: str = "par
 
 
 @pytest.fixture
+def tiny_params_yaml(tmp_path: Path):
+    """Factory: ``tiny_params_yaml(overrides, name="params.yaml") -> Path`` of a tiny params file."""
+    return lambda overrides=(), name="params.yaml": tiny_params_file(tmp_path, list(overrides), name=name)
+
+
+@pytest.fixture
 def tiny_params(tmp_path: Path):
     """Factory: ``tiny_params(*overrides) -> Params`` with a tiny model (resnet18, FPN 32 channels)."""
     from pipeline.params import load_params
@@ -118,10 +125,11 @@ def mlflow_server(tmp_path_factory):
          "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
          "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+        start_new_session=True,  # its own process group: the uvicorn workers stop with it
     )
     uri = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180  # slow when the 2 cores are busy
         while True:
             try:
                 with urllib.request.urlopen(f"{uri}/health", timeout=2):
@@ -132,9 +140,9 @@ def mlflow_server(tmp_path_factory):
                 time.sleep(0.5)
         yield uri
     finally:
-        proc.terminate()
+        os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
         log.close()

@@ -196,9 +196,26 @@ def ensure_ray(address: str | None) -> bool:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     address = address or os.environ.get("RAY_ADDRESS") or None
     env_vars = {k: os.environ[k] for k in ("RAY_TRAIN_ENABLE_PRINT_PATCH", "MLFLOW_DISABLE_TELEMETRY")}
+    kwargs: dict[str, Any] = {}
+    # Ray Train's placement-group cleaner (a detached actor) finds the cluster through the State
+    # API; with no address it auto-detects and fails when several Ray instances share the machine
+    # ("Found multiple active Ray instances"), leaking placement groups. Tell it where to look.
+    if address is None:
+        kwargs["dashboard_port"] = _free_port()
+        env_vars["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{kwargs['dashboard_port']}"
+    elif address != "auto" and "://" not in address:
+        env_vars["RAY_ADDRESS"] = address
     ray.init(address=address, logging_config=ray.LoggingConfig(log_level="ERROR"), log_to_driver=True,
-             runtime_env={"env_vars": env_vars}, configure_logging=True)
+             runtime_env={"env_vars": env_vars}, **kwargs)
     return True
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def preflight(params: Params, *, storage_path: str, tracking_uri: str) -> None:

@@ -13,6 +13,7 @@ repeated epoch replaces its row in the history.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
@@ -74,6 +75,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     from pipeline.data.dataset import CocoDetectionDataset, collate_detection
     from pipeline.data.transforms import build_transforms
 
+    _quiet_ray_train_logs()
     params: Params = config["params"]
     train = params.train
     debug = config.get("debug") or {}
@@ -284,6 +286,20 @@ class _MlflowLogger:
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()
                                                     if math.isfinite(float(v))])
+
+
+def _quiet_ray_train_logs() -> None:
+    """Drop Ray Train's per-report INFO lines ("Reporting training result ...") on this worker.
+
+    Ray 2.60 logs them through ``logging.getLogger(__file__)`` of its context module, outside the
+    ``ray.train`` logger that ``RunConfig(logging_config=...)`` controls.
+    """
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    try:
+        from ray.train.v2._internal.execution import context as train_context
+    except ImportError:  # another Ray version: nothing to quiet
+        return
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
 
 
 def _say(message: str) -> None:

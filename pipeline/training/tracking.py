@@ -142,7 +142,11 @@ def _log_model(run: MlflowRun, model: Any, registered_model_name: str | None, co
 
     # Detection models take a list of (3, H, W) images; the signature documents a batch of them.
     signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, -1, -1), "images")]))
-    previous = mlflow.get_tracking_uri()
+    # the fluent API needs the URI set globally; put back exactly what was there (set_tracking_uri
+    # also exports MLFLOW_TRACKING_URI, and get_tracking_uri() would turn "unset" into a default)
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    previous, previous_env = tracking_utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(run["tracking_uri"])
     try:
         # nested: a Tune trial may already have its own run active in this process
@@ -155,6 +159,10 @@ def _log_model(run: MlflowRun, model: Any, registered_model_name: str | None, co
             )
     finally:
         mlflow.set_tracking_uri(previous)
+        if previous_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous_env
     return info.model_uri
 
 
