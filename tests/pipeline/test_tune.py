@@ -34,6 +34,29 @@ def _tiny_sweep_params(tmp_path, tiny_params_file, *extra):
 
 
 @pytest.fixture
+def local_ray():
+    """A new local Ray for the test, set up like ``driver.ensure_ray(None)`` but with
+    ``address="local"``: a plain ``ray.init()`` attaches to the cluster named in
+    /tmp/ray/ray_current_cluster (another user's, possibly dead) when there is one."""
+    import os
+    import socket
+
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: os.environ[k] for k in ("RAY_TRAIN_ENABLE_PRINT_PATCH", "MLFLOW_DISABLE_TELEMETRY")}
+    env["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"  # Train's placement-group cleaner finds it
+    ray.init(address="local", dashboard_port=port, logging_config=ray.LoggingConfig(log_level="ERROR"),
+             runtime_env={"env_vars": env})
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
 def params_file(tmp_path):
     from conftest import tiny_params_file
 
@@ -48,30 +71,41 @@ def test_bad_space_fails_before_any_trial(tmp_path, params_file, capsys):
     assert not (tmp_path / "ray").exists()  # nothing started
 
 
+def test_check_and_apply(tmp_path, params_file, capsys):
+    from pipeline.tuning.results import TrialRecord, write_best_params
+
+    path = params_file()
+    assert main(["tune", "--params", str(path), "--check", "--data-dir", str(tmp_path)]) == 0
+    assert "tune.space OK: 3 key(s), 4 trial(s); experiment sweep-" in capsys.readouterr().out
+    out = tmp_path / "reports"
+    assert main(["tune", "--params", str(path), "--apply", "--out-dir", str(out)]) == 1  # no sweep yet
+    winner = TrialRecord("t1", {"model.anchors.aspect_ratios": [0.25, 1.0, 4.0], "model.anchors.scales": [4],
+                                "model.roi.iou_threshold": 0.55})
+    write_best_params(winner, load_params(path).to_dict(), out / "best_params.yaml", metric="AP50", sweep_id="s")
+    assert main(["tune", "--params", str(path), "--apply", "--out-dir", str(out)]) == 0
+    params = load_params(path)
+    assert params.model["anchors"] == {"scales": [4], "aspect_ratios": [0.25, 1.0, 4.0]}
+    assert params.model["roi"]["iou_threshold"] == 0.55
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_tiny_sweep_interrupted_then_resumed(tmp_path, tiny_coco, params_file, monkeypatch):
-    import ray
+def test_tiny_sweep_interrupted_then_resumed(tmp_path, tiny_coco, params_file, monkeypatch, local_ray):
     from mlflow.tracking import MlflowClient
 
-    from pipeline.training.driver import ensure_ray
     from pipeline.tuning.sweep import run_sweep
 
     params = load_params(params_file())
     out = tmp_path / "reports"
-    started = ensure_ray(None)  # one Ray session for both runs (run_sweep leaves it running)
-    try:
-        monkeypatch.setenv("DETPIPE_TUNE_INTERRUPT_AFTER", "2")
-        first = run_sweep(params, data_dir=tiny_coco, out_dir=out, root=tmp_path)
-        assert not first.complete and not out.exists()
-        progress = sorted(Path(first.experiment_path).glob("*/progress.csv"))
-        epochs_before = {p.parent.name: p.read_text().count("\n") for p in progress}
+    # one Ray session for both runs: run_sweep leaves a Ray it did not start running
+    monkeypatch.setenv("DETPIPE_TUNE_INTERRUPT_AFTER", "2")
+    first = run_sweep(params, data_dir=tiny_coco, out_dir=out, root=tmp_path)
+    assert not first.complete and not out.exists()
+    progress = sorted(Path(first.experiment_path).glob("*/progress.csv"))
+    epochs_before = {p.parent.name: p.read_text().count("\n") for p in progress}
 
-        monkeypatch.delenv("DETPIPE_TUNE_INTERRUPT_AFTER")
-        second = run_sweep(params, data_dir=tiny_coco, out_dir=out, root=tmp_path)
-    finally:
-        if started:
-            ray.shutdown()
+    monkeypatch.delenv("DETPIPE_TUNE_INTERRUPT_AFTER")
+    second = run_sweep(params, data_dir=tiny_coco, out_dir=out, root=tmp_path)
     assert second.complete and second.resumed and second.experiment_path == first.experiment_path
     records = {r.trial_id: r for r in second.records}
     assert len(records) == 4
@@ -99,6 +133,7 @@ def test_tiny_sweep_interrupted_then_resumed(tmp_path, tiny_coco, params_file, m
     client = MlflowClient(params.mlflow.tracking_uri)
     parent = client.get_run(second.mlflow_run_id)
     assert parent.info.status == "FINISHED" and first.mlflow_run_id == second.mlflow_run_id
+    assert parent.data.tags["tune.interrupted"] == parent.data.tags["tune.resumed"] == "true"
     assert {"trials.csv", "best_params.yaml", "ap_vs_params.png"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
     children = client.search_runs([parent.info.experiment_id],
                                   filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
