@@ -7,7 +7,7 @@ torchvision's transform gets the same normalisation and does not resize.
 
 Usage::
 
-    python benchmarks/bench_detector.py [--sizes 224 512] [--batch 2] [--iters 7] [--threads 2]
+    python benchmarks/bench_detector.py [--sizes 224 512] [--batch 2] [--iters 7] [--threads 2] [--clock wall]
 
 Prints the median time of a training step (forward + backward) and of an
 inference pass for each model, and the ratio ours / torchvision.
@@ -116,18 +116,21 @@ def make_batch(batch: int, size: int, num_classes: int, gen: torch.Generator):
     return images, targets
 
 
-def median_time(fn, iters: int, warmup: int = 2) -> float:
+def interleaved_medians(fns: dict[str, object], iters: int, clock, warmup: int = 2) -> dict[str, float]:
+    """Median time of each function, calls interleaved so that load drifts hit all alike."""
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(iters):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            t = clock()
+            fn()
+            times[name].append(clock() - t)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def bench(size: int, batch: int, iters: int, config: DetectorConfig) -> dict[str, float]:
+def bench(size: int, batch: int, iters: int, config: DetectorConfig, clock) -> dict[str, float]:
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     ours = build_model(config)
@@ -152,35 +155,39 @@ def bench(size: int, batch: int, iters: int, config: DetectorConfig) -> dict[str
         return run
 
     out = {}
-    # interleave the two models so that load changes affect both alike
     for kind, make in (("train", train_step), ("infer", infer)):
-        t_ours, t_theirs = [], []
-        for _ in range(2):
-            t_ours.append(median_time(make(ours), iters // 2 + 1))
-            t_theirs.append(median_time(make(theirs), iters // 2 + 1))
-        out[f"{kind}_ours"] = min(t_ours)
-        out[f"{kind}_tv"] = min(t_theirs)
+        medians = interleaved_medians({"ours": make(ours), "tv": make(theirs)}, iters, clock)
+        out[f"{kind}_ours"], out[f"{kind}_tv"] = medians["ours"], medians["tv"]
     return out
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", type=int, nargs="+", default=[224, 512])
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--iters", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--backbone", default="regnet_x_400mf")
     parser.add_argument("--num-classes", type=int, default=3)
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="wall: time.perf_counter; cpu: process CPU time (steadier on a shared machine, use with --threads 1)",
+    )
     args = parser.parse_args()
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
     torch.set_num_threads(args.threads)
     config = DetectorConfig(num_classes=args.num_classes, backbone=args.backbone)
     print(
         f"torch {torch.__version__}, threads {args.threads}, batch {args.batch}, backbone {args.backbone}, "
-        f"fpn {config.fpn_levels}x{config.fpn_channels}, median of {args.iters}+ iterations"
+        f"fpn {config.fpn_levels}x{config.fpn_channels}, {args.clock} clock, median of {args.iters} iterations"
     )
     print(f"{'size':>5} {'step':>6} {'ours (s)':>9} {'torchvision (s)':>16} {'ours/tv':>8}")
     for size in args.sizes:
-        r = bench(size, args.batch, args.iters, config)
+        r = bench(size, args.batch, args.iters, config, clock)
         for kind in ("train", "infer"):
             ours, tv = r[f"{kind}_ours"], r[f"{kind}_tv"]
             print(f"{size:>5} {kind:>6} {ours:>9.3f} {tv:>16.3f} {ours / tv:>8.2f}", flush=True)
