@@ -95,7 +95,12 @@ def torchvision_twin(model: FasterRCNN, image_size: int) -> TVFasterRCNN:
         theirs_rpn.cls_logits.load_state_dict(ours_rpn.objectness.state_dict())
         theirs_rpn.bbox_pred.load_state_dict(ours_rpn.deltas.state_dict())
         head = model.roi_heads.box_head
-        tv.roi_heads.box_head.fc6.load_state_dict(head.fc6.state_dict())
+        S, D = cfg.roi.output_size, cfg.roi.head_dim
+        # our fc6 reads RoI features channels-last (S, S, F); torchvision's reads (F, S, S)
+        tv.roi_heads.box_head.fc6.weight.copy_(
+            head.fc6.weight.view(D, S, S, -1).permute(0, 3, 1, 2).reshape(D, -1)
+        )
+        tv.roi_heads.box_head.fc6.bias.copy_(head.fc6.bias)
         tv.roi_heads.box_head.fc7.load_state_dict(head.fc7.state_dict())
         tv.roi_heads.box_predictor.cls_score.load_state_dict(head.cls_score.state_dict())
         tv.roi_heads.box_predictor.bbox_pred.weight.zero_()

@@ -80,16 +80,16 @@ def roi_align_rows(
     b = boxes.to(rows.dtype if rows.is_floating_point() else torch.float32) * spatial_scale[:, None] - 0.5
     y_lo, y_hi, wy_lo, wy_hi = _axis_samples(b[:, 1], b[:, 3], extent[:, 0], S, sr)  # (R, S, sr)
     x_lo, x_hi, wx_lo, wx_hi = _axis_samples(b[:, 0], b[:, 2], extent[:, 1], S, sr)
-    ys = torch.stack([y_lo, y_hi], -1)  # (R, S, sr, 2)
-    wy = torch.stack([wy_lo, wy_hi], -1)
-    xs = torch.stack([x_lo, x_hi], -1)
+    # row of each y sample (with the RoI's image/level offset) and column of each x sample
+    ys = torch.stack([y_lo, y_hi], -1) * row_width[:, None, None, None] + row_offset[:, None, None, None]
+    xs = torch.stack([x_lo, x_hi], -1)  # (R, S, sr, 2)
+    if rows.shape[0] < 2**31:  # int32 indices: cheaper broadcasting below
+        ys, xs = ys.int(), xs.int()
+    wy = torch.stack([wy_lo, wy_hi], -1) / (sr * sr)  # the bin averages its sr*sr samples
     wx = torch.stack([wx_lo, wx_hi], -1)
     # (R, Sy, 1, sry, 1, 2, 1) x (R, 1, Sx, 1, srx, 1, 2) -> (R, Sy, Sx, sry, srx, 2, 2)
-    index = (ys * row_width[:, None, None, None])[:, :, None, :, None, :, None] + xs[
-        :, None, :, None, :, None, :
-    ]
-    index = index + row_offset[:, None, None, None, None, None, None]
-    weight = wy[:, :, None, :, None, :, None] * wx[:, None, :, None, :, None, :] / (sr * sr)
+    index = ys[:, :, None, :, None, :, None] + xs[:, None, :, None, :, None, :]
+    weight = wy[:, :, None, :, None, :, None] * wx[:, None, :, None, :, None, :]
     # one bag of sr*sr*4 weighted rows per output bin: (R*S*S, sr*sr*4)
     pooled = F.embedding_bag(
         index.reshape(R * S * S, -1),

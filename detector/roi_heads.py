@@ -24,7 +24,11 @@ __all__ = ["BoxHead", "RoIHeads"]
 class BoxHead(nn.Module):
     """Two FC layers (torchvision's ``TwoMLPHead``) + class logits and class-specific deltas.
 
-    Returns ``(R, C + 1)`` logits (column 0 = background) and ``(R, C * 4)`` deltas.
+    Takes ``(R, F, S, S)`` RoI features and returns ``(R, C + 1)`` logits (column 0 =
+    background) and ``(R, C * 4)`` deltas. ``fc6`` reads the features channels-last,
+    in ``(S, S, F)`` order: the pooler's output is channels-last in memory, so this
+    flattening is free (torchvision's ``fc6`` weight ``w`` maps to
+    ``w.view(D, F, S, S).permute(0, 2, 3, 1).reshape(D, -1)``).
     """
 
     def __init__(self, in_channels: int, resolution: int, head_dim: int, num_classes: int) -> None:
@@ -39,7 +43,7 @@ class BoxHead(nn.Module):
         nn.init.zeros_(self.bbox_pred.bias)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        x = F.relu(self.fc6(x.flatten(1)))
+        x = F.relu(self.fc6(x.permute(0, 2, 3, 1).flatten(1)))  # (R, F, S, S) -> (R, S*S*F)
         x = F.relu(self.fc7(x))
         return self.cls_score(x), self.bbox_pred(x)
 
