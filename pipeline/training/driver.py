@@ -184,7 +184,10 @@ def _train_fn(config: dict[str, Any]) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- cluster
 def ensure_ray(address: str | None) -> bool:
-    """Connect to ``address`` (or ``RAY_ADDRESS``), else start a local Ray; no-op if connected.
+    """Connect to ``address`` (or ``RAY_ADDRESS``), else start a new local Ray; no-op if connected.
+
+    ``"auto"`` joins the cluster this machine belongs to (``ray start``); ``"local"`` or no
+    address always starts a fresh local instance with this machine's CPUs/GPUs.
 
     Returns True when this call started/connected Ray (the caller may ``ray.shutdown()``).
     """
@@ -195,12 +198,16 @@ def ensure_ray(address: str | None) -> bool:
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     address = address or os.environ.get("RAY_ADDRESS") or None
+    if address == "local":
+        address = None
     env_vars = {k: os.environ[k] for k in ("RAY_TRAIN_ENABLE_PRINT_PATCH", "MLFLOW_DISABLE_TELEMETRY")}
     kwargs: dict[str, Any] = {}
     # Ray Train's placement-group cleaner (a detached actor) finds the cluster through the State
     # API; with no address it auto-detects and fails when several Ray instances share the machine
     # ("Found multiple active Ray instances"), leaking placement groups. Tell it where to look.
     if address is None:
+        # "local": never join whatever /tmp/ray/ray_current_cluster points at (a stale `ray start`)
+        address = "local"
         kwargs["dashboard_port"] = _free_port()
         env_vars["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{kwargs['dashboard_port']}"
     elif address != "auto" and "://" not in address:
