@@ -159,6 +159,12 @@ class Backbone(nn.Module):
         extra = LastLevelMaxPool() if 6 in levels else None
         self.fpn = FeaturePyramidNetwork(in_channels, out_channels, extra_blocks=extra)
 
+    def __getstate__(self) -> dict:
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
+        state = dict(state)
+        state.pop("_fused", None)  # a derived cache: not pickled or deep-copied
+        return state
+
     def _inference_body(self) -> nn.Module:
         """The body with batch norm folded into the convolutions (eval mode, no grad).
 

@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 import torchvision
@@ -86,6 +88,7 @@ def test_folded_body_follows_weight_updates(gen):
     with torch.no_grad():
         before = bb(x)[0]
     assert "_fused" in bb.__dict__ and "_fused" not in "".join(bb.state_dict())
+    assert "_fused" not in copy.deepcopy(bb).__dict__  # nor pickled
     bb.train()
     bb(torch.rand(2, 3, 64, 64, generator=gen))  # updates running statistics
     with torch.no_grad():
