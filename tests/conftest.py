@@ -74,7 +74,7 @@ TINY_OVERRIDES = [
     "model.backbone=resnet18", "model.fpn_channels=32", "model.fpn_levels=[3,4,5]",
     "model.rpn.batch_size_per_image=64", "model.roi.batch_size_per_image=32",
     "train.epochs=1", "train.batch_size=2", "train.warmup_iters=2", "train.log_every=1",
-    "train.lr_steps=[100]",
+    "train.lr_steps=[100]", "ray.num_workers=1",
     "mlflow.experiment_name=tests", "mlflow.registered_model_name=null", "mlflow.log_model=false",
 ]
 

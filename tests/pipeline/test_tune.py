@@ -27,10 +27,10 @@ TINY_SWEEP = [
 ]
 
 
-def _tiny_sweep_params(tmp_path, tiny_params_file, *extra):
+def _tiny_sweep_params(tmp_path, tiny_params_yaml, *extra):
     storage = tmp_path / "ray"
-    return tiny_params_file(tmp_path, [*TINY_SWEEP, f"ray.storage_path={storage}",
-                                       f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", *extra])
+    return tiny_params_yaml([*TINY_SWEEP, f"ray.storage_path={storage}",
+                             f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", *extra])
 
 
 @pytest.fixture
@@ -57,10 +57,8 @@ def local_ray():
 
 
 @pytest.fixture
-def params_file(tmp_path):
-    from conftest import tiny_params_file
-
-    return lambda *extra: _tiny_sweep_params(tmp_path, tiny_params_file, *extra)
+def params_file(tmp_path, tiny_params_yaml):
+    return lambda *extra: _tiny_sweep_params(tmp_path, tiny_params_yaml, *extra)
 
 
 def test_bad_space_fails_before_any_trial(tmp_path, params_file, capsys):

@@ -20,7 +20,8 @@ def test_best_aspect_ratio_set_beats_default_on_tall_wide_data(tmp_path):
 
     path = tmp_path / "params.yaml"
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw["data"]["synthetic"].update(num_train=24, num_val=4, tall_wide_only=True)  # 256 px, the default anchors
+    raw["data"]["synthetic"].update(num_train=24, num_val=4, tall_wide_only=True)  # 256 px
+    raw["model"]["anchors"] = {"scales": [8], "aspect_ratios": [0.5, 1.0, 2.0]}  # the seed's anchors
     path.write_text(yaml.safe_dump(raw))
     params = load_params(path)
     config = params.detector_config(num_classes=1)

@@ -1,0 +1,103 @@
+"""End to end: `dvc repro` of prepare -> train -> evaluate in a temporary copy of the repo.
+
+Checks every declared output is produced, that a second `dvc repro` runs nothing, and that
+changing an evaluation-only param reruns only `evaluate`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+TINY = {
+    "data": {"synthetic": {"num_train": 8, "num_val": 4, "image_size": 96, "max_object_size": 48,
+                           "min_objects": 1, "max_objects": 3},
+             "resize": {"min_size": 96, "max_size": 96}},
+    "model": {"backbone": "resnet18", "fpn_channels": 32,
+              "rpn": {"batch_size_per_image": 64}, "roi": {"batch_size_per_image": 32}},
+    "train": {"epochs": 1, "batch_size": 4, "warmup_iters": 1, "lr_steps": [100], "log_every": 1},
+    "ray": {"num_workers": 1},
+    "mlflow": {"registered_model_name": None},
+    "evaluate": {"num_pictures": 2},
+}
+
+
+def _merge(base: dict, update: dict) -> dict:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def _run(cmd: list[str], cwd: Path, env: dict) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture
+def repo_copy(tmp_path: Path) -> Path:
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split()
+    dest = tmp_path / "repo"
+    for name in files:
+        src = REPO / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    (dest / "params.yaml").write_text(yaml.safe_dump(_merge(params, TINY), sort_keys=False))
+    env = _env(dest)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
+        _run(cmd, dest, env)
+    return dest
+
+
+def _env(cwd: Path) -> dict:
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+    env.update(DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true", RAY_TRAIN_ENABLE_PRINT_PATCH="0")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+@pytest.mark.slow
+def test_dvc_repro_end_to_end(repo_copy: Path):
+    env = _env(repo_copy)
+    dvc = str(BIN / "dvc")
+    _run([dvc, "repro"], repo_copy, env)
+
+    stages = yaml.safe_load((repo_copy / "dvc.yaml").read_text())["stages"]
+    for stage in stages.values():
+        for group in ("outs", "metrics", "plots"):
+            for entry in stage.get(group, []):
+                path = next(iter(entry)) if isinstance(entry, dict) else entry
+                assert (repo_copy / path).exists(), f"declared output {path} missing"
+    metrics = yaml.safe_load((repo_copy / "reports/metrics.json").read_text())
+    assert {"AP", "AP50", "AP75"} <= set(metrics)
+
+    out = _run([dvc, "repro"], repo_copy, env)
+    assert "Running stage" not in out, out
+
+    out = _run([dvc, "metrics", "show", "--json"], repo_copy, env)
+    assert "AP50" in out
+
+    params = yaml.safe_load((repo_copy / "params.yaml").read_text())
+    params["evaluate"]["score_threshold"] = 0.1
+    (repo_copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = _run([dvc, "repro"], repo_copy, env)
+    assert "Running stage 'evaluate'" in out
+    assert "Running stage 'train'" not in out and "Running stage 'prepare'" not in out
