@@ -292,17 +292,25 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             raise ParamsError(f"--set {key}: value {text!r} is not valid YAML: {err}") from err
         if not _schema_has_key(key):
             raise ParamsError(f"--set {key}: unknown params key")
-        node = raw
-        parts = key.split(".")
-        for part in parts[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ParamsError(f"--set {key}: {part!r} is not a section")
-            node = child
-        node[parts[-1]] = value
+        try:
+            set_dotted(raw, key, value)
+        except ParamsError as err:
+            raise ParamsError(f"--set {err}") from None
     return raw
+
+
+def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``raw[a][b][c] = value`` for ``key == "a.b.c"``, creating missing sections."""
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ParamsError(f"{key}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = copy.deepcopy(value)
 
 
 def _schema_has_key(key: str) -> bool:

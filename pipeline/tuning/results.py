@@ -16,7 +16,8 @@ from typing import Any
 
 import yaml
 
-from pipeline.tuning.space import LISTED, Dimension, set_dotted
+from pipeline.params import set_dotted
+from pipeline.tuning.space import LISTED, Dimension
 
 # Trial outcomes written to trials.csv and to the child MLflow run's `tune.status` tag.
 FINISHED, STOPPED, ERROR = "finished", "stopped_early", "error"

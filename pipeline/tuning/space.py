@@ -27,7 +27,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.params import Params, ParamsError, params_from_dict
+from pipeline.params import Params, ParamsError, params_from_dict, set_dotted
 
 KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 LISTED = ("grid", "choice")
@@ -104,20 +104,6 @@ def _check_bounds(where: str, kind: str, values: list[Any]) -> None:
         raise ParamsError(f"{where}: {kind} needs low < high, got [{low}, {high}]")
     if kind == "loguniform" and low <= 0:
         raise ParamsError(f"{where}: loguniform needs low > 0, got {low}")
-
-
-def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
-    """Set ``raw[a][b][c] = value`` for ``key == "a.b.c"``, creating missing sections."""
-    node = raw
-    parts = key.split(".")
-    for part in parts[:-1]:
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise ParamsError(f"{key}: {part!r} is not a section")
-        node = child
-    node[parts[-1]] = copy.deepcopy(value)
 
 
 def trial_params(base: dict[str, Any], config: dict[str, Any], epochs: int | None = None) -> Params:
