@@ -16,7 +16,7 @@ from typing import Any, Union
 
 __all__ = ["AnchorConfig", "DetectorConfig", "RPNConfig", "RoIConfig", "BACKBONES", "FPN_LEVELS"]
 
-BACKBONES = ("regnet_x_400mf", "resnet18", "resnet50", "mobilenet_v3_large")
+BACKBONES = ("regnet_x_200mf", "regnet_x_400mf", "resnet18", "resnet50", "mobilenet_v3_large")
 FPN_LEVELS = (2, 3, 4, 5, 6)
 
 

@@ -5,13 +5,13 @@ import torch
 import torchvision
 from torchvision.ops import FrozenBatchNorm2d
 
-from detector.backbone import SPECS, build_backbone
+from detector.backbone import SPECS, _trunk, build_backbone, regnet_x_200mf
 
 
 @pytest.mark.parametrize("name", list(SPECS))
 def test_channels_and_strides(name):
     spec = SPECS[name]
-    trunk = torchvision.models.get_model(name).eval()
+    trunk = _trunk(name, None).eval()
     from torchvision.models.feature_extraction import create_feature_extractor
 
     body = create_feature_extractor(trunk, return_nodes={n: n for n in spec.nodes})
@@ -100,3 +100,22 @@ def test_folded_body_follows_weight_updates(gen):
         unfolded = bb(x)[0].detach()
     torch.testing.assert_close(after, unfolded, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(after, before)
+
+
+def test_regnet_x_200mf_is_the_papers_design():
+    trunk = regnet_x_200mf()
+    stages = [getattr(trunk.trunk_output, f"block{i}") for i in range(1, 5)]
+    assert [len(stage) for stage in stages] == [1, 1, 4, 7]  # pycls RegNetX-200MF: 13 blocks
+    assert [stage[-1].f.c[0].out_channels for stage in stages] == [24, 56, 152, 368]
+    assert all(block.f.b[0].groups == block.f.b[0].out_channels // 8 for stage in stages for block in stage)
+    assert 2.5e6 < sum(p.numel() for p in trunk.parameters()) < 2.8e6  # 2.7M with the 1000-class fc
+
+
+def test_regnet_x_200mf_pretrained_only_from_a_file(tmp_path):
+    with pytest.raises(ValueError, match="no weights for regnet_x_200mf.*local state-dict"):
+        build_backbone("regnet_x_200mf", [3, 4, 5], 16, pretrained="DEFAULT")
+    trunk = regnet_x_200mf()
+    path = tmp_path / "regnet_x_200mf.pth"
+    torch.save(trunk.state_dict(), path)
+    bb = build_backbone("regnet_x_200mf", [3, 4, 5], 16, pretrained=str(path))
+    torch.testing.assert_close(bb.body.state_dict()["stem.0.weight"], trunk.stem[0].weight)
