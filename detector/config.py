@@ -9,10 +9,10 @@ checks unknown keys and types and names the full dotted key in its errors;
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
+
+from detector import typed
 
 __all__ = ["AnchorConfig", "DetectorConfig", "RPNConfig", "RoIConfig", "BACKBONES", "FPN_LEVELS"]
 
@@ -38,76 +38,15 @@ def _weights(name: str, value: list[float]) -> None:
 
 
 class _Section:
-    """Mixin: ``from_dict`` with key/type checking, ``to_dict``."""
+    """Mixin: ``from_dict`` with key/type checking (:mod:`detector.typed`), ``to_dict``."""
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], prefix: str = "", **extra: Any):
-        if not isinstance(d, dict):
-            raise ValueError(f"{prefix}: expected a mapping, got {d!r}")
-        hints = typing.get_type_hints(cls)
-        fields = {f.name for f in dataclasses.fields(cls) if f.init} - set(extra)
-        unknown = sorted(set(d) - fields)
-        if unknown:
-            raise ValueError(
-                f"{_join(prefix, unknown[0])}: unknown key (allowed: {', '.join(sorted(fields))})"
-            )
-        kwargs = {name: _coerce(value, hints[name], _join(prefix, name)) for name, value in d.items()}
-        try:
-            return cls(**kwargs, **extra)
-        except ValueError as err:
-            raise ValueError(_join(prefix, str(err))) from None
+        """Build from a plain dict; ``extra`` are passed as they are. Errors name ``prefix.key``."""
+        return typed.from_dict(cls, d, key=prefix, fixed=extra)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
-
-
-def _join(prefix: str, key: str) -> str:
-    return f"{prefix}.{key}" if prefix else key
-
-
-def _describe(tp: Any) -> str:
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (Union, types.UnionType):
-        return " or ".join(_describe(a) for a in args)
-    if origin is list:
-        return f"list of {_describe(args[0])}"
-    if tp is type(None):
-        return "null"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; ints are accepted for floats."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if dataclasses.is_dataclass(tp):
-        return tp.from_dict(value, prefix=key)
-    if origin in (Union, types.UnionType):
-        for arg in args:
-            try:
-                return _coerce(value, arg, key)
-            except ValueError:
-                continue
-    elif origin is list:
-        if isinstance(value, list | tuple):
-            return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
-    elif tp is type(None):
-        if value is None:
-            return None
-    elif tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    else:  # pragma: no cover - a field with an unsupported annotation
-        raise TypeError(f"{key}: unsupported annotation {tp}")
-    raise ValueError(f"{key}: expected {_describe(tp)}, got {value!r}")
 
 
 @dataclass
@@ -311,7 +250,7 @@ class DetectorConfig(_Section):
             if key in d:
                 stored = d.pop(key)
                 if given is not None and stored is not None and stored != given:
-                    raise ValueError(f"{_join(prefix, key)}: {stored!r} conflicts with the given {given!r}")
+                    raise ValueError(f"{typed.join_key(prefix, key)}: {stored!r} conflicts with the given {given!r}")
                 if key == "class_names" and given is None:
                     class_names = stored
         return super().from_dict(d, prefix=prefix, num_classes=num_classes, class_names=class_names)

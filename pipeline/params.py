@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -272,7 +270,9 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = 
 
 def params_from_dict(raw: dict[str, Any]) -> Params:
     """Build :class:`Params` from a nested dict, checking keys and types."""
-    return _build(Params, raw, "")
+    from detector import typed  # imported here: ``import detector`` loads torch
+
+    return typed.from_dict(Params, raw, error=ParamsError, relative_errors=False)
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -314,6 +314,8 @@ def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
 
 
 def _schema_has_key(key: str) -> bool:
+    from detector import typed
+
     parts = key.split(".")
     cls: Any = Params
     for i, part in enumerate(parts):
@@ -321,97 +323,11 @@ def _schema_has_key(key: str) -> bool:
             return True  # validated by DetectorConfig.from_dict, which names unknown keys
         if not dataclasses.is_dataclass(cls):
             return False
-        fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+        fields = typed.field_types(cls)
         if part not in fields:
             return False
-        cls = _resolved_hints(cls)[part]
-        cls = _unwrap_optional(cls)
+        cls = fields[part]
     return True
-
-
-# --------------------------------------------------------------------------- typed conversion
-def _build(cls: type, raw: Any, prefix: str) -> Any:
-    if not isinstance(raw, dict):
-        raise ParamsError(f"{prefix or 'params'}: expected a mapping, got {raw!r}")
-    hints = _resolved_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        where = f"{prefix}." if prefix else ""
-        raise ParamsError(f"unknown key {where}{unknown[0]} (known: {', '.join(sorted(fields))})")
-    kwargs = {}
-    for name, value in raw.items():
-        kwargs[name] = _convert(hints[name], value, f"{prefix}.{name}" if prefix else name)
-    try:
-        return cls(**kwargs)
-    except ParamsError:
-        raise
-    except (TypeError, ValueError) as err:
-        raise ParamsError(f"{prefix or 'params'}: {err}") from err
-
-
-def _convert(tp: Any, value: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _convert(arg, value, key)
-            except ParamsError as err:
-                errors.append(str(err))
-        raise ParamsError(errors[0] if len(errors) == 1 else f"{key}: {value!r} matches none of {tp}")
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if value not in choices:
-            raise ParamsError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
-        return value
-    if origin is list:
-        if not isinstance(value, list | tuple):
-            raise ParamsError(f"{key}: expected a list, got {value!r}")
-        (item_tp,) = typing.get_args(tp) or (Any,)
-        return [_convert(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise ParamsError(f"{key}: expected a mapping, got {value!r}")
-        return dict(value)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ParamsError(f"{key}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ParamsError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ParamsError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ParamsError(f"{key}: expected a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported params type {tp} for {key}")
-
-
-def _resolved_hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _unwrap_optional(tp: Any) -> Any:
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1:
-            return args[0]
-    return tp
 
 
 def _positive(obj: Any, section: str, names: list[str]) -> None:

@@ -44,12 +44,12 @@ def test_set_overrides_are_yaml_typed(tmp_path):
     ("override", "message"),
     [
         ("train.epoch=3", "train.epoch: unknown params key"),
-        ("train.epochs=abc", "train.epochs: expected an integer, got 'abc'"),
-        ("train.epochs=true", "train.epochs: expected an integer"),
+        ("train.epochs=abc", "train.epochs: expected int, got 'abc'"),
+        ("train.epochs=true", "train.epochs: expected int, got True"),
         ("train.epochs=0", "train.epochs: 0 must be > 0"),
-        ("data.source=kitti", "data.source: 'kitti' is not one of synthetic, coco, voc"),
+        ("data.source=kitti", "data.source: expected one of 'synthetic', 'coco', 'voc', got 'kitti'"),
         ("data.val_fraction=1.5", "data.val_fraction"),
-        ("ray.use_gpu=maybe", "ray.use_gpu: expected true or false"),
+        ("ray.use_gpu=maybe", "ray.use_gpu: expected bool, got 'maybe'"),
         ("trainepochs", "expected key.path=value"),
     ],
 )
