@@ -118,6 +118,7 @@ class TrainParams:
     hflip_prob: float = 0.5
     color_jitter: float = 0.0
     val_every: int = 1                       # epochs between validations; 0: never
+    precise_bn_images: int = 0               # recompute batch-norm statistics over this many train images at the end; 0: off
     log_every: int = 10                      # steps between progress lines / step metrics
     loader_workers: int = 0                  # DataLoader worker processes per training worker
 
@@ -125,7 +126,7 @@ class TrainParams:
         _positive(self, "train", ["epochs", "batch_size", "lr", "reference_batch_size", "lr_gamma",
                                   "warmup_factor", "log_every"])
         for name in ("momentum", "weight_decay", "warmup_iters", "val_every", "loader_workers",
-                     "color_jitter"):
+                     "color_jitter", "precise_bn_images"):
             if getattr(self, name) < 0:
                 raise ParamsError(f"train.{name}: {getattr(self, name)} must be >= 0")
         if self.warmup_factor > 1:

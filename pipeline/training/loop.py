@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from pipeline.params import Params
 from pipeline.training import state as train_state
 from pipeline.training.optim import build_optimizer, build_scheduler, scaled_lr
+from pipeline.training.precise_bn import recompute_bn_stats
 
 __all__ = ["NonFiniteLossError", "check_finite", "train_loop_per_worker", "training_targets"]
 
@@ -208,6 +209,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         row |= {k: v / steps_per_epoch for k, v in sums.items()}
         row |= {"lr": optimizer.param_groups[0]["lr"], "images_per_s": images_seen / epoch_time,
                 "epoch_time_s": epoch_time, "global_step": global_step}
+        if rank == 0 and epoch + 1 == train.epochs and train.precise_bn_images:
+            # rank 0's weights are the checkpoint; training is over, so the ranks may now differ
+            bn_start = time.perf_counter()
+            used = recompute_bn_stats(bare, _precise_bn_dataset(data_dir, params), num_images=train.precise_bn_images)
+            _say(f"precise batch norm: statistics recomputed over {used} train images "
+                 f"in {time.perf_counter() - bn_start:.1f}s")
         if val_ds is not None and ((epoch + 1) % train.val_every == 0 or epoch + 1 == train.epochs):
             row |= _validate(bare, val_ds, params, device)
         history = [h for h in history if h["epoch"] != epoch + 1] + [row]  # a repeated epoch replaces its row
@@ -244,6 +251,16 @@ def _validate(model: nn.Module, dataset: Any, params: Params, device: torch.devi
                              score_threshold=0.0)
     model.train()
     return {k: float(v) for k, v in metrics.items() if k.startswith("AP") and _is_number(v)}
+
+
+def _precise_bn_dataset(data_dir: Path, params: Params) -> Any:
+    """The train split with the evaluation transforms (no flips): what precise BN averages over."""
+    from pipeline.data.dataset import CocoDetectionDataset
+    from pipeline.data.transforms import build_transforms
+
+    resize = params.data.resize
+    return CocoDetectionDataset(data_dir / "train.json",
+                                transforms=build_transforms(False, resize.min_size, resize.max_size))
 
 
 def _maybe_inject_fault(debug: dict[str, Any], rank: int, global_step: int) -> None:
