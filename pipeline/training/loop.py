@@ -136,8 +136,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
 
     val_ds = None
     if rank == 0 and train.val_every:
-        val_ds = CocoDetectionDataset(data_dir / "val.json",
-                                      transforms=build_transforms(False, resize.min_size, resize.max_size))
+        val_ds = _eval_dataset(data_dir / "val.json", params)
     logger = _MlflowLogger(config.get("mlflow")) if rank == 0 else None
     run_start = time.perf_counter()
     steps_done_this_run = 0
@@ -212,7 +211,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         if rank == 0 and epoch + 1 == train.epochs and train.precise_bn_images:
             # rank 0's weights are the checkpoint; training is over, so the ranks may now differ
             bn_start = time.perf_counter()
-            used = recompute_bn_stats(bare, _precise_bn_dataset(data_dir, params), num_images=train.precise_bn_images)
+            used = recompute_bn_stats(bare, _eval_dataset(data_dir / "train.json", params), num_images=train.precise_bn_images)
             _say(f"precise batch norm: statistics recomputed over {used} train images "
                  f"in {time.perf_counter() - bn_start:.1f}s")
         if val_ds is not None and ((epoch + 1) % train.val_every == 0 or epoch + 1 == train.epochs):
@@ -253,14 +252,13 @@ def _validate(model: nn.Module, dataset: Any, params: Params, device: torch.devi
     return {k: float(v) for k, v in metrics.items() if k.startswith("AP") and _is_number(v)}
 
 
-def _precise_bn_dataset(data_dir: Path, params: Params) -> Any:
-    """The train split with the evaluation transforms (no flips): what precise BN averages over."""
+def _eval_dataset(json_path: Path, params: Params) -> Any:
+    """A split with the evaluation transforms (no flips): for validation and precise batch norm."""
     from pipeline.data.dataset import CocoDetectionDataset
     from pipeline.data.transforms import build_transforms
 
     resize = params.data.resize
-    return CocoDetectionDataset(data_dir / "train.json",
-                                transforms=build_transforms(False, resize.min_size, resize.max_size))
+    return CocoDetectionDataset(json_path, transforms=build_transforms(False, resize.min_size, resize.max_size))
 
 
 def _maybe_inject_fault(debug: dict[str, Any], rank: int, global_step: int) -> None:
