@@ -9,13 +9,12 @@ keep, so plain ``BatchNorm2d`` is used: it is what lets a randomly initialised
 trunk learn quickly (its statistics track the training data; switch the model to
 ``eval()`` for inference as usual).
 
-Speed: in eval mode without autograd the body runs as a cached copy with batch
-norm folded into the convolutions (rebuilt whenever weights change).
+Speed: ``FasterRCNN.fuse_for_inference`` folds the batch norms into the convolutions
+(:mod:`detector.fusion`); ``FrozenBatchNorm2d`` stays one traced module for that.
 """
 
 from __future__ import annotations
 
-import copy
 import functools
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -24,15 +23,13 @@ from pathlib import Path
 import torch
 import torchvision
 from torch import Tensor, nn
-from torch.fx.experimental.optimization import fuse
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision.models import RegNet
 from torchvision.models.feature_extraction import create_feature_extractor
 from torchvision.models.regnet import BlockParams
 from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-__all__ = ["Backbone", "BackboneSpec", "SPECS", "build_backbone", "fold_batch_norm"]
+__all__ = ["Backbone", "BackboneSpec", "SPECS", "build_backbone"]
 
 
 @dataclass(frozen=True)
@@ -147,23 +144,6 @@ def _trunk(name: str, pretrained: str | None, load: bool = True) -> nn.Module:
     return model
 
 
-def fold_batch_norm(body: nn.Module) -> nn.Module:
-    """An eval-mode copy of ``body`` with each ``BatchNorm2d`` that follows a ``Conv2d``
-    folded into that convolution (same outputs up to rounding, one pass less over memory)."""
-    body = copy.deepcopy(body).eval()
-    if isinstance(body, torch.fx.GraphModule):  # conv and bn as separate graph nodes (ResNet)
-        body = fuse(body, inplace=True, no_trace=True)
-    for module in list(body.modules()):  # conv and bn inside a leaf Sequential (Conv2dNormActivation)
-        if isinstance(module, nn.Sequential):
-            names = list(module._modules)
-            for first, second in zip(names, names[1:]):
-                conv, bn = module._modules[first], module._modules[second]
-                if isinstance(conv, nn.Conv2d) and type(bn) is nn.BatchNorm2d and bn.track_running_stats:
-                    module._modules[first] = fuse_conv_bn_eval(conv, bn)
-                    module._modules[second] = nn.Identity()
-    return body
-
-
 class Backbone(nn.Module):
     """Trunk + FPN returning one ``(B, C, H_l, W_l)`` map per level of ``levels``.
 
@@ -184,34 +164,9 @@ class Backbone(nn.Module):
         extra = LastLevelMaxPool() if 6 in levels else None
         self.fpn = FeaturePyramidNetwork(in_channels, out_channels, extra_blocks=extra)
 
-    def __getstate__(self) -> dict:
-        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
-        state = dict(state)
-        state.pop("_fused", None)  # a derived cache: not pickled or deep-copied
-        return state
-
-    def _inference_body(self) -> nn.Module:
-        """The body with batch norm folded into the convolutions (eval mode, no grad).
-
-        Rebuilt whenever a parameter or buffer changed (training step, ``load_state_dict``,
-        ``.to()``); kept out of the module tree, so it is not in the state dict.
-        """
-        tensors = [*self.body.parameters(), *self.body.buffers()]
-        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
-        cached = self.__dict__.get("_fused")
-        if cached is None or cached[0] != key:
-            body = self.body
-            if isinstance(body, torch.fx.GraphModule) and any(
-                isinstance(m, nn.BatchNorm2d) for m in body.modules()
-            ):
-                body = fold_batch_norm(body)
-            self.__dict__["_fused"] = cached = (key, body)
-        return cached[1]
-
     def forward(self, images: Tensor) -> list[Tensor]:
         """``(B, 3, H, W)`` normalised images -> per-level ``(B, C, H / s_l, W / s_l)``."""
-        body = self.body if self.training or torch.is_grad_enabled() else self._inference_body()
-        feats = body(images)
+        feats = self.body(images)
         feats = OrderedDict((f"c{level}", feats[f"c{level}"]) for level in self.body_levels)
         return list(self.fpn(feats).values())
 
@@ -240,6 +195,8 @@ def build_backbone(
                 param.requires_grad_(False)
     body_levels = [level for level in levels if level <= 5]
     nodes = {spec.nodes[level - 2]: f"c{level}" for level in body_levels}
-    body = create_feature_extractor(trunk, return_nodes=nodes)
+    # frozen batch norm stays one graph node, so fuse_for_inference can fold it into its conv
+    body = create_feature_extractor(trunk, return_nodes=nodes,
+                                    tracer_kwargs={"leaf_modules": [FrozenBatchNorm2d]})
     in_channels = [spec.channels[level - 2] for level in body_levels]
     return Backbone(body, in_channels, list(levels), out_channels)

@@ -127,13 +127,18 @@ class RPNConfig(_Section):
 
 @dataclass
 class RoIConfig(_Section):
-    """Second stage: RoI sampling, RoIAlign, two-FC box head, post-processing."""
+    """Second stage: RoI sampling, RoIAlign, two-FC box head, post-processing.
+
+    ``pooler``: RoIAlign backend, ``rows`` (sync-free ``embedding_bag``, fast on CPU),
+    ``torchvision`` (``roi_align`` per level) or ``auto`` (torchvision on CUDA, rows elsewhere).
+    """
 
     iou_threshold: float = 0.5
     batch_size_per_image: int = 256
     positive_fraction: float = 0.25
     output_size: int = 7
     sampling_ratio: int = 2
+    pooler: str = "auto"
     head_dim: int = 256
     box_weights: list[float] = field(default_factory=lambda: [10.0, 10.0, 5.0, 5.0])
     smooth_l1_beta: float = 1.0
@@ -151,6 +156,8 @@ class RoIConfig(_Section):
             raise ValueError(
                 f"sampling_ratio: must be >= 1 (adaptive sampling is not supported), got {self.sampling_ratio}"
             )
+        if self.pooler not in ("auto", "rows", "torchvision"):
+            raise ValueError(f"pooler: must be auto, rows or torchvision, got {self.pooler!r}")
         _weights("box_weights", self.box_weights)
         if self.smooth_l1_beta < 0:
             raise ValueError(f"smooth_l1_beta: must be >= 0, got {self.smooth_l1_beta}")

@@ -2,33 +2,38 @@
 
 Shapes: ``B`` images, ``G`` ground-truth boxes of an image, ``C`` classes.
 
-Batching and batch-size independence: images are normalised, then zero-padded to
-a multiple of the largest stride. Images whose padded sizes differ go through the
-backbone in separate groups (one group per padded size; usually the whole batch
-is one group), and their feature maps are then zero-padded to a common size. The
-RPN ignores anchors outside an image's own extent and clips proposals to its true
-size, so an image gets the same detections alone as inside any batch.
+Batching. Images are normalised, then zero-padded to one tensor whose sides are
+multiples of the largest stride (an :class:`ImageBatch`).
 
-The backbone runs channels-last (faster CPU convolutions; the RoI pooler reads
-channels-last rows anyway).
+* Training runs the backbone **once per batch**, so batch norm sees every image of
+  the step and updates its running statistics once. Anchors beyond an image's own
+  padded extent are ignored and proposals are clipped to its true size.
+* Inference groups the images by padded size and runs each group alone (usually the
+  whole batch is one group), so an image gets the same detections alone as inside
+  any batch: extra zero padding would change the convolutions near its border.
+
+The model is channels-last throughout (inputs and 4-D weights): faster convolutions,
+free RoI feature rows, and DDP gradient buckets that match the weights' layout.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detector.anchors import AnchorGenerator
 from detector.backbone import Backbone, build_backbone
 from detector.boxes import BoxCoder
 from detector.config import DetectorConfig
+from detector.fusion import fuse_conv_norm
 from detector.matching import Matcher
 from detector.pooling import MultiLevelRoIAlign
 from detector.roi_heads import BoxHead, RoIHeads
-from detector.rpn import RPN, RPNHead, Targets
+from detector.rpn import RPN, RPNHead
+from detector.structures import ImageBatch, Targets
 
 __all__ = ["FasterRCNN", "build_model"]
 
@@ -72,6 +77,7 @@ class FasterRCNN(nn.Module):
             class_names if class_names is not None else (config.class_names if config else None)
         )
         self.num_classes = roi_heads.num_classes
+        self.fused = False  # set by fuse_for_inference
 
     # ------------------------------------------------------------------ inputs
     def _as_list(self, images: Sequence[Tensor] | Tensor) -> list[Tensor]:
@@ -92,81 +98,71 @@ class FasterRCNN(nn.Module):
         d = self.size_divisible
         return (size + d - 1) // d * d
 
-    def features(self, images: list[Tensor]) -> tuple[list[Tensor], Tensor, Tensor | None]:
-        """Normalise, pad, run the backbone per padded-size group.
-
-        Returns per-level features ``(B, F, H_l, W_l)``, true sizes ``(B, 2)`` and
-        each image's padded size ``(B, 2)`` when the batch mixes sizes (else None).
-        """
-        device = self.image_mean.device
+    def batch_images(self, images: list[Tensor]) -> ImageBatch:
+        """Normalise and zero-pad ``(3, H_k, W_k)`` images into one channels-last batch."""
+        device, dtype = self.image_mean.device, self.image_mean.dtype
         sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
         padded = [(self._padded(h), self._padded(w)) for h, w in sizes]
-        groups: dict[tuple[int, int], list[int]] = {}
-        for k, p in enumerate(padded):
-            groups.setdefault(p, []).append(k)
-        dtype = self.image_mean.dtype
-        per_group = []
-        for (ph, pw), members in groups.items():
-            batch = torch.zeros(len(members), 3, ph, pw, device=device, dtype=dtype)
-            for row, k in enumerate(members):
-                h, w = sizes[k]
-                batch[row, :, :h, :w] = (images[k].to(device, dtype) - self.image_mean) / self.image_std
-            per_group.append((members, self.backbone(batch.contiguous(memory_format=torch.channels_last))))
-        image_sizes = torch.tensor(sizes, device=device)
-        if len(per_group) == 1:
-            members, feats = per_group[0]
-            return feats, image_sizes, None
-        # mixed sizes: zero-pad each group's maps to the largest and restore the input order
-        order = torch.tensor([k for members, _ in per_group for k in members], device=device)
-        inverse = torch.argsort(order)
-        features = []
-        for level in range(len(per_group[0][1])):
-            H = max(f[level].shape[-2] for _, f in per_group)
-            W = max(f[level].shape[-1] for _, f in per_group)
-            maps = [
-                F.pad(f[level], (0, W - f[level].shape[-1], 0, H - f[level].shape[-2])) for _, f in per_group
-            ]
-            features.append(torch.cat(maps)[inverse])
-        return features, image_sizes, torch.tensor(padded, device=device)
+        H, W = max(p[0] for p in padded), max(p[1] for p in padded)
+        batch = torch.empty((len(images), 3, H, W), device=device, dtype=dtype,
+                            memory_format=torch.channels_last).zero_()
+        for k, img in enumerate(images):
+            h, w = sizes[k]
+            batch[k, :, :h, :w] = (img.to(device, dtype, non_blocking=True) - self.image_mean) / self.image_std
+        mixed = any(p != (H, W) for p in padded)
+        # host-built tables, copied without waiting for the device
+        image_sizes = torch.tensor(sizes, dtype=torch.int64).to(device, non_blocking=True)
+        padded_sizes = torch.tensor(padded, dtype=torch.int64).to(device, non_blocking=True) if mixed else None
+        return ImageBatch(batch, image_sizes, padded_sizes)
+
+    def features(self, images: list[Tensor]) -> tuple[list[Tensor], ImageBatch]:
+        """Per-level features ``(B, F, H_l, W_l)`` of the whole padded batch (one backbone call)."""
+        batch = self.batch_images(images)
+        return self.backbone(batch.tensor), batch
 
     def prepare_targets(self, targets: Sequence[dict[str, Tensor]], num_images: int) -> Targets:
-        """Validate and pad ``targets`` into a :class:`Targets` batch ``(B, G, 4)``."""
+        """Validate on the host and pad ``targets`` into a :class:`Targets` batch ``(B, G, 4)``.
+
+        Checks run in NumPy on host copies, so targets given on the CPU (the data loader's)
+        cost no device-to-host sync; the padded batch is then copied to the model's device.
+        """
         if len(targets) != num_images:
             raise ValueError(f"targets: {len(targets)} targets for {num_images} images")
-        device = self.image_mean.device
         boxes, labels = [], []
         for k, t in enumerate(targets):
             if "boxes" not in t or "labels" not in t:
                 raise ValueError(f"targets[{k}]: needs 'boxes' and 'labels', got keys {sorted(t)}")
-            bx = torch.as_tensor(t["boxes"], dtype=torch.float32, device=device).reshape(-1, 4)
-            lb = torch.as_tensor(t["labels"], device=device).reshape(-1)
+            bx = _host_array(t["boxes"], np.float32).reshape(-1, 4)
+            lb = _host_array(t["labels"], None).reshape(-1)
             if lb.shape[0] != bx.shape[0]:
                 raise ValueError(f"targets[{k}]: {bx.shape[0]} boxes but {lb.shape[0]} labels")
-            bad = ~(torch.isfinite(bx).all(1) & (bx[:, 2] > bx[:, 0]) & (bx[:, 3] > bx[:, 1]))
+            with np.errstate(invalid="ignore"):
+                bad = ~(np.isfinite(bx).all(1) & (bx[:, 2] > bx[:, 0]) & (bx[:, 3] > bx[:, 1]))
             if bad.any():
-                j = int(bad.nonzero()[0])
+                j = int(np.flatnonzero(bad)[0])
                 raise ValueError(
                     f"targets[{k}]: degenerate box {j}: {bx[j].tolist()} (need finite x1 < x2 and y1 < y2)"
                 )
-            if lb.numel() and (
-                lb.is_floating_point() or int(lb.min()) < 1 or int(lb.max()) > self.num_classes
+            if lb.size and (
+                not np.issubdtype(lb.dtype, np.integer) or lb.min() < 1 or lb.max() > self.num_classes
             ):
                 raise ValueError(
                     f"targets[{k}]: labels must be integers in 1..{self.num_classes}, got {lb.tolist()}"
                 )
             boxes.append(bx)
-            labels.append(lb.to(torch.int64))
+            labels.append(lb.astype(np.int64))
         G = max(b.shape[0] for b in boxes)
-        out = Targets(
-            boxes=torch.zeros(num_images, G, 4, device=device),
-            labels=torch.zeros(num_images, G, dtype=torch.int64, device=device),
-            valid=torch.zeros(num_images, G, dtype=torch.bool, device=device),
-        )
+        out_boxes = np.zeros((num_images, G, 4), np.float32)
+        out_labels = np.zeros((num_images, G), np.int64)
+        out_valid = np.zeros((num_images, G), bool)
         for k, (bx, lb) in enumerate(zip(boxes, labels)):
-            out.boxes[k, : bx.shape[0]] = bx
-            out.labels[k, : lb.shape[0]] = lb
-            out.valid[k, : bx.shape[0]] = True
-        return out
+            out_boxes[k, : len(bx)] = bx
+            out_labels[k, : len(lb)] = lb
+            out_valid[k, : len(bx)] = True
+        device = self.image_mean.device
+        return Targets(
+            *(torch.from_numpy(a).to(device, non_blocking=True) for a in (out_boxes, out_labels, out_valid))
+        )
 
     # ----------------------------------------------------------------- forward
     def forward(
@@ -180,21 +176,66 @@ class FasterRCNN(nn.Module):
         Args:
             images: list of ``(3, H, W)`` float images in ``[0, 1]`` (sizes may differ)
                 or a ``(B, 3, H, W)`` tensor.
-            targets: per image ``{"boxes": (G, 4) xyxy, "labels": (G,) int64 in 1..C}``.
+            targets: per image ``{"boxes": (G, 4) xyxy, "labels": (G,) int64 in 1..C}``,
+                best given on the CPU (checked there, see :meth:`prepare_targets`).
             generator: optional RNG for the anchor/RoI sampling.
         """
         imgs = self._as_list(images)
-        if self.training and targets is None:
-            raise ValueError("targets: required in training mode (call model.eval() for inference)")
-        gt = self.prepare_targets(targets, len(imgs)) if self.training else None
-        features, image_sizes, padded_sizes = self.features(imgs)
-        proposals, proposal_valid, rpn_losses = self.rpn(features, image_sizes, padded_sizes, gt, generator)
-        detections, roi_losses = self.roi_heads(
-            features, proposals, proposal_valid, image_sizes, padded_sizes, gt, generator
-        )
         if self.training:
+            if targets is None:
+                raise ValueError("targets: required in training mode (call model.eval() for inference)")
+            gt = self.prepare_targets(targets, len(imgs))
+            features, batch = self.features(imgs)
+            proposals, proposal_valid, rpn_losses = self.rpn(
+                features, batch.image_sizes, batch.padded_sizes, gt, generator
+            )
+            _, roi_losses = self.roi_heads(features, proposals, proposal_valid, batch.image_sizes, gt, generator)
             return {**rpn_losses, **roi_losses}
+        groups: dict[tuple[int, int], list[int]] = {}
+        for k, img in enumerate(imgs):
+            groups.setdefault((self._padded(img.shape[-2]), self._padded(img.shape[-1])), []).append(k)
+        detections: list[dict[str, Tensor]] = [{}] * len(imgs)
+        for members in groups.values():
+            features, batch = self.features([imgs[k] for k in members])
+            proposals, proposal_valid, _ = self.rpn(features, batch.image_sizes)
+            found, _ = self.roi_heads(features, proposals, proposal_valid, batch.image_sizes)
+            for k, det in zip(members, found):
+                detections[k] = det
         return detections
+
+    # --------------------------------------------------------------- inference
+    @torch.no_grad()
+    def fuse_for_inference(self) -> FasterRCNN:
+        """Fold every batch norm (``BatchNorm2d`` with its running statistics, or
+        ``FrozenBatchNorm2d``) into the convolution before it, in place; returns ``self``.
+
+        Same detections up to rounding, one pass less over every feature map. The model
+        is then for inference only: ``train()`` raises and its state dict no longer has
+        the norm layers, so save checkpoints before fusing.
+        """
+        self.eval()
+        self.backbone.body = fuse_conv_norm(self.backbone.body)
+        self.fused = True
+        return self
+
+    def train(self, mode: bool = True) -> FasterRCNN:
+        if mode and getattr(self, "fused", False):
+            raise RuntimeError(
+                "this model was fused for inference (fuse_for_inference); reload the checkpoint to train it"
+            )
+        return super().train(mode)
+
+
+def _host_array(value: Tensor | Sequence, dtype: type | None) -> np.ndarray:
+    """A NumPy view (or copy) of a target field; a tensor on an accelerator is copied to the host."""
+    if isinstance(value, Tensor):
+        value = value.detach()
+        if value.device.type != "cpu":
+            value = value.cpu()  # a sync: pass targets on the CPU to avoid it
+        array = value.numpy()
+    else:
+        array = np.asarray(value)
+    return array.astype(dtype, copy=False) if dtype is not None else array
 
 
 def build_model(config: DetectorConfig, load_pretrained: bool = True) -> FasterRCNN:
@@ -229,7 +270,7 @@ def build_model(config: DetectorConfig, load_pretrained: bool = True) -> FasterR
     )
     oc = config.roi
     roi_heads = RoIHeads(
-        pooler=MultiLevelRoIAlign(config.fpn_levels, oc.output_size, oc.sampling_ratio),
+        pooler=MultiLevelRoIAlign(config.fpn_levels, oc.output_size, oc.sampling_ratio, backend=oc.pooler),
         box_head=BoxHead(config.fpn_channels, oc.output_size, oc.head_dim, config.num_classes),
         matcher=Matcher(oc.iou_threshold, oc.iou_threshold, allow_low_quality_matches=False),
         box_coder=BoxCoder(oc.box_weights),
@@ -241,4 +282,7 @@ def build_model(config: DetectorConfig, load_pretrained: bool = True) -> FasterR
         nms_threshold=oc.nms_threshold,
         detections_per_image=oc.detections_per_image,
     )
-    return FasterRCNN(backbone, rpn, roi_heads, config.image_mean, config.image_std, config=config)
+    model = FasterRCNN(backbone, rpn, roi_heads, config.image_mean, config.image_std, config=config)
+    # 4-D weights channels-last like the activations: a DDP wrapper built afterwards sizes its
+    # gradient buckets for this layout (no "grad strides do not match bucket view strides" copies)
+    return model.to(memory_format=torch.channels_last)

@@ -1,8 +1,8 @@
 """Second stage: multi-level RoIAlign, two-FC box head, losses and post-processing.
 
 Shapes: ``B`` images, ``P`` proposals per image (padded), ``G`` ground-truth boxes
-(padded), ``R`` RoIs in the batch (flat), ``C`` foreground classes, ``F`` FPN
-channels, ``S = output_size``.
+(padded), ``T`` sampled RoIs per image, ``R`` RoIs in the batch (flat), ``C`` foreground
+classes, ``F`` FPN channels, ``S = output_size``.
 """
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import batched_nms
 
 from detector.boxes import BoxCoder, clip_boxes, remove_small_boxes
 from detector.matching import Matcher
 from detector.pooling import MultiLevelRoIAlign
-from detector.rpn import Targets, pack_per_image
 from detector.sampling import sample_balanced
+from detector.selection import grouped_nms, pack_per_image
+from detector.structures import FOREGROUND, IGNORE, Targets
 
 __all__ = ["BoxHead", "RoIHeads"]
 
@@ -98,7 +98,6 @@ class RoIHeads(nn.Module):
         proposals: Tensor,
         proposal_valid: Tensor,
         image_sizes: Tensor,
-        padded_sizes: Tensor | None = None,
         targets: Targets | None = None,
         generator: torch.Generator | None = None,
     ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
@@ -108,15 +107,14 @@ class RoIHeads(nn.Module):
             features: per level ``(B, F, H_l, W_l)``.
             proposals: ``(B, P, 4)``; ``proposal_valid`` ``(B, P)``.
             image_sizes: ``(B, 2)`` true ``(h, w)`` per image.
-            padded_sizes: ``(B, 2)`` each image's own padded size when the batch mixes sizes.
 
         Returns:
             ``(detections, losses)``: with targets ``([], {"loss_cls", "loss_box"})``;
             without, one ``{"boxes" (D, 4), "scores" (D,), "labels" (D,)}`` per image and ``{}``.
         """
         if targets is not None:
-            return [], self.losses(features, proposals, proposal_valid, targets, padded_sizes, generator)
-        return self.detect(features, proposals, proposal_valid, image_sizes, padded_sizes), {}
+            return [], self.losses(features, proposals, proposal_valid, targets, generator)
+        return self.detect(features, proposals, proposal_valid, image_sizes), {}
 
     def losses(
         self,
@@ -124,29 +122,43 @@ class RoIHeads(nn.Module):
         proposals: Tensor,
         proposal_valid: Tensor,
         targets: Targets,
-        padded_sizes: Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> dict[str, Tensor]:
-        """Cross-entropy + smooth-L1 (true class only) over sampled RoIs, both / number of RoIs."""
+        """Cross-entropy + smooth-L1 (true class only) over sampled RoIs, both / number of RoIs.
+
+        Fixed shapes throughout: ``T`` RoI slots per image, a mask says which hold a sample.
+        """
+        targets = targets.at_least_one()
         # ground-truth boxes join the proposals: (B, P + G, 4)
         boxes = torch.cat([proposals, targets.boxes.to(proposals.dtype)], dim=1)
         valid = torch.cat([proposal_valid, targets.valid], dim=1)
         matched_idx, labels = self.matcher(boxes, targets.boxes, targets.valid)  # (B, P + G)
-        labels = labels.masked_fill(~valid, -1)
-        b, i = sample_balanced(labels, self.batch_size_per_image, self.positive_fraction, generator)
-        rois = boxes[b, i]  # (R, 4)
-        matched = matched_idx[b, i]
-        fg = labels[b, i] == 1
-        fg_idx = fg.nonzero().squeeze(1)
-        cls_target = torch.zeros_like(b)  # (R,) background unless foreground
-        cls_target[fg_idx] = targets.labels[b[fg_idx], matched[fg_idx]]
-        logits, deltas = self.box_head(self.pooler(features, rois, b, padded_sizes))
-        num = max(b.numel(), 1)
-        loss_cls = F.cross_entropy(logits, cls_target, reduction="sum") / num
-        # (R, C*4) -> (R, C, 4), then each foreground RoI's own class
-        pred = deltas.view(-1, self.num_classes, 4)[fg_idx, cls_target[fg_idx] - 1]
-        target_deltas = self.box_coder.encode(rois[fg_idx], targets.boxes[b[fg_idx], matched[fg_idx]])
-        loss_box = F.smooth_l1_loss(pred, target_deltas, beta=self.smooth_l1_beta, reduction="sum") / num
+        labels = labels.masked_fill(~valid, IGNORE)
+        index, mask = sample_balanced(labels, self.batch_size_per_image, self.positive_fraction, generator)
+        B, T = index.shape
+        rois = boxes.gather(1, index[..., None].expand(-1, -1, 4))  # (B, T, 4)
+        fg = (labels.gather(1, index) == FOREGROUND) & mask  # (B, T)
+        matched = matched_idx.gather(1, index)  # (B, T)
+        cls_target = torch.where(fg, targets.labels.gather(1, matched), 0)  # (B, T): 0 = background
+        batch_idx = torch.arange(B, device=boxes.device)[:, None].expand(B, T)
+        logits, deltas = self.box_head(self.pooler(features, rois.flatten(0, 1), batch_idx.flatten()))
+        num = mask.sum().clamp(min=1)
+        loss_cls = F.cross_entropy(logits, cls_target.flatten(), reduction="none")  # (B*T,)
+        loss_cls = (loss_cls * mask.flatten()).sum() / num
+        # (B*T, C*4) -> (B*T, C, 4), then each RoI's own class (background slots: class 1, masked)
+        cls_col = (cls_target.flatten() - 1).clamp(min=0)[:, None, None].expand(-1, 1, 4)
+        pred = deltas.view(B * T, self.num_classes, 4).gather(1, cls_col).squeeze(1)  # (B*T, 4)
+        gt = targets.boxes.gather(1, matched[..., None].expand(-1, -1, 4))  # (B, T, 4)
+        # other slots (background, unused: possibly a zero-size padding box) encode a unit box
+        # against itself: zero, finite deltas that the mask then drops
+        unit = rois.new_zeros(4)
+        unit[2:] = 1.0  # (4,) the box [0, 0, 1, 1], made on the device
+        target_deltas = self.box_coder.encode(
+            torch.where(fg[..., None], rois, unit), torch.where(fg[..., None], gt, unit)
+        ).flatten(0, 1)
+        loss_box = F.smooth_l1_loss(pred, target_deltas.to(pred.dtype), beta=self.smooth_l1_beta,
+                                    reduction="none").sum(-1)
+        loss_box = (loss_box * fg.flatten()).sum() / num
         return {"loss_cls": loss_cls, "loss_box": loss_box}
 
     @torch.no_grad()
@@ -156,14 +168,19 @@ class RoIHeads(nn.Module):
         proposals: Tensor,
         proposal_valid: Tensor,
         image_sizes: Tensor,
-        padded_sizes: Tensor | None = None,
     ) -> list[dict[str, Tensor]]:
-        """Softmax scores, per-class decoding, clip, threshold, class-wise NMS, top detections."""
-        B, C = proposals.shape[0], self.num_classes
-        b, i = proposal_valid.nonzero(as_tuple=True)
-        rois = proposals[b, i]  # (R, 4)
-        logits, deltas = self.box_head(self.pooler(features, rois, b, padded_sizes))
-        scores = F.softmax(logits, dim=-1)[:, 1:]  # (R, C)
+        """Softmax scores, per-class decoding, clip, threshold, class-wise NMS, top detections.
+
+        Every proposal slot is pooled (fixed shapes; invalid slots score nothing), so the
+        only syncs are the score-threshold compaction, NMS and the split per image.
+        """
+        B, P = proposal_valid.shape
+        C = self.num_classes
+        rois = proposals.reshape(B * P, 4)  # (R, 4)
+        b = torch.arange(B, device=rois.device)[:, None].expand(B, P).reshape(-1)  # (R,)
+        logits, deltas = self.box_head(self.pooler(features, rois, b))
+        scores = F.softmax(logits.float(), dim=-1)[:, 1:]  # (R, C)
+        scores = scores.masked_fill(~proposal_valid.reshape(-1, 1), 0.0)
         # (R, C*4) -> (R, C, 4) decoded against (R, 1, 4) proposals
         boxes = self.box_coder.decode(deltas.view(-1, C, 4), rois[:, None, :])
         boxes = clip_boxes(boxes, image_sizes[b])  # per-RoI image size (R, 2) broadcast over C
@@ -176,13 +193,16 @@ class RoIHeads(nn.Module):
             labels.reshape(-1),
             image.reshape(-1),
         )
-        keep = (scores > self.score_threshold) & remove_small_boxes(boxes, self.min_size)
+        keep = ((scores > self.score_threshold) & remove_small_boxes(boxes, self.min_size)).nonzero().squeeze(1)
         boxes, scores, labels, image = boxes[keep], scores[keep], labels[keep], image[keep]
-        kept = batched_nms(boxes, scores, image * (C + 1) + labels, self.nms_threshold)  # descending score
-        order, _, _ = pack_per_image(image[kept], B, self.detections_per_image)
-        kept = kept[order]
-        boxes, scores, labels, image = boxes[kept], scores[kept], labels[kept], image[kept]
-        counts = torch.bincount(image, minlength=B).tolist()
+        max_coordinate = max(features[0].shape[-2:]) * 2 ** self.pooler.levels[0]
+        kept = grouped_nms(boxes, scores, image * (C + 1) + labels, self.nms_threshold, max_coordinate)
+        index, valid = pack_per_image(image[kept], torch.ones_like(kept, dtype=torch.bool), B,
+                                      self.detections_per_image)  # (B, D): valid slots first
+        counts = valid.sum(1).tolist()
+        if kept.numel():  # each image's detections, by descending score
+            kept = kept[torch.cat([index[k, :n] for k, n in enumerate(counts)])]
+        boxes, scores, labels = boxes[kept], scores[kept], labels[kept]
         return [
             {"boxes": bx, "scores": sc, "labels": lb}
             for bx, sc, lb in zip(boxes.split(counts), scores.split(counts), labels.split(counts))

@@ -2,40 +2,24 @@
 
 Shapes: ``B`` images, ``C`` FPN channels, ``H_l, W_l`` level-``l`` map size,
 ``A`` anchors per location, ``N_l = H_l * W_l * A`` anchors of level ``l``,
-``N = sum_l N_l``, ``G`` padded ground-truth boxes, ``P`` proposals per image
-(padded), ``K`` candidates kept before NMS.
+``N = sum_l N_l``, ``G`` padded ground-truth boxes, ``S`` sampled anchors per image,
+``P`` proposals per image (padded to ``post_nms_topk``), ``K`` candidates kept before NMS.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import batched_nms
 
 from detector.anchors import AnchorGenerator
 from detector.boxes import BoxCoder, clip_boxes, remove_small_boxes
 from detector.matching import Matcher
 from detector.sampling import sample_balanced
+from detector.selection import grouped_nms, pack_per_image
+from detector.structures import FOREGROUND, IGNORE, Targets
 
-__all__ = ["RPN", "RPNHead", "Targets", "pack_per_image"]
-
-
-@dataclass
-class Targets:
-    """Padded ground truth of a batch.
-
-    Attributes:
-        boxes: ``(B, G, 4)`` xyxy (padding rows are zeros).
-        labels: ``(B, G)`` int64 class labels in ``1..C`` (0 on padding).
-        valid: ``(B, G)`` bool, which rows are real boxes.
-    """
-
-    boxes: Tensor
-    labels: Tensor
-    valid: Tensor
+__all__ = ["RPN", "RPNHead"]
 
 
 class RPNHead(nn.Module):
@@ -61,21 +45,12 @@ class RPNHead(nn.Module):
             nn.init.normal_(conv.weight, std=0.01)
             nn.init.zeros_(conv.bias)
 
-    def forward(
-        self, features: list[Tensor], masks: list[Tensor] | None = None
-    ) -> tuple[list[Tensor], list[Tensor]]:
-        """Per level ``(B, N_l)`` logits and ``(B, N_l, 4)`` deltas.
-
-        ``masks`` (per level ``(B, 1, H_l, W_l)``, 1 inside each image's own padded
-        extent) zero the stem output outside it, so that a deeper stem sees exactly
-        what it would see for that image alone.
-        """
+    def forward(self, features: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        """Per level ``(B, N_l)`` logits and ``(B, N_l, 4)`` deltas."""
         logits, deltas = [], []
-        for level, x in enumerate(features):
+        for x in features:
             for conv in self.stem:
                 x = F.relu(conv(x))
-                if masks is not None:
-                    x = x * masks[level]
             B, _, H, W = x.shape
             # (B, A, H, W) -> (B, H, W, A) -> (B, H*W*A): location-major like the anchors
             logits.append(self.objectness(x).permute(0, 2, 3, 1).reshape(B, -1))
@@ -83,33 +58,6 @@ class RPNHead(nn.Module):
             d = self.deltas(x)
             deltas.append(d.view(B, -1, 4, H, W).permute(0, 3, 4, 1, 2).reshape(B, -1, 4))
         return logits, deltas
-
-
-def pack_per_image(
-    image_idx: Tensor, num_images: int, limit: int | None = None
-) -> tuple[Tensor, Tensor, int]:
-    """Slots for ragged per-image items given in descending-score order.
-
-    Args:
-        image_idx: ``(M,)`` image of each item, items sorted by score (descending).
-        limit: keep at most this many items per image (the best ones).
-
-    Returns:
-        ``order`` ``(M',)`` indices of the kept items grouped by image (score order kept
-        inside an image), ``rank`` ``(M',)`` their slot within their image, and the
-        padded width ``P = max items per image``.
-    """
-    order = torch.sort(image_idx, stable=True).indices  # group by image, keep score order
-    img = image_idx[order]
-    counts = torch.bincount(img, minlength=num_images)
-    starts = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(img.numel(), device=img.device) - starts[img]
-    if limit is not None:
-        keep = rank < limit
-        order, rank = order[keep], rank[keep]
-        counts = counts.clamp(max=limit)
-    width = int(counts.max()) if counts.numel() else 0
-    return order, rank, width
 
 
 class RPN(nn.Module):
@@ -155,18 +103,21 @@ class RPN(nn.Module):
         self.min_size = min_size
         self.smooth_l1_beta = smooth_l1_beta
 
-    def anchor_masks(self, features: list[Tensor], padded_sizes: Tensor | None) -> list[Tensor] | None:
-        """Per level ``(B, 1, H_l, W_l)`` float masks of each image's own padded extent (None: all valid)."""
+    def anchor_valid(self, features: list[Tensor], padded_sizes: Tensor | None) -> list[Tensor] | None:
+        """Per level ``(B, N_l)`` bool: anchors inside each image's own padded extent (None: all)."""
         if padded_sizes is None:
             return None
-        masks = []
+        num_a = self.anchor_generator.num_anchors_per_location
+        valid = []
         for x, stride in zip(features, self.anchor_generator.strides):
             H, W = x.shape[-2:]
             extent = torch.div(padded_sizes, stride, rounding_mode="floor")  # (B, 2)
             rows = torch.arange(H, device=x.device)[None, :] < extent[:, :1]  # (B, H)
             cols = torch.arange(W, device=x.device)[None, :] < extent[:, 1:]  # (B, W)
-            masks.append((rows[:, None, :, None] & cols[:, None, None, :]).to(x.dtype))
-        return masks
+            # (B, H, W) -> (B, H, W, A) -> (B, H*W*A): the anchors of a location share its extent
+            inside = rows[:, :, None] & cols[:, None, :]
+            valid.append(inside[..., None].expand(-1, -1, -1, num_a).flatten(1))
+        return valid
 
     def forward(
         self,
@@ -179,35 +130,34 @@ class RPN(nn.Module):
         """Proposals (and losses when ``targets`` are given).
 
         Args:
-            features: per level ``(B, C, H_l, W_l)``.
+            features: per level ``(B, C, H_l, W_l)`` of a padded batch.
             image_sizes: ``(B, 2)`` true ``(h, w)`` of each image (proposals are clipped to it).
-            padded_sizes: ``(B, 2)`` extent of each image's own features in pixels when the
-                batch mixes sizes; anchors outside it are ignored (None: all valid).
+            padded_sizes: ``(B, 2)`` each image's own padded size in pixels when the batch
+                mixes sizes; anchors beyond it are ignored (None: all valid).
             targets: padded ground truth; losses are computed when given.
 
         Returns:
-            proposals ``(B, P, 4)``, their validity ``(B, P)`` bool, and a dict
+            proposals ``(B, P, 4)`` with ``P = post_nms_topk`` of the mode, their validity
+            ``(B, P)`` bool (valid slots first, by descending score), and a dict
             ``{"loss_rpn_obj", "loss_rpn_box"}`` (empty without targets).
         """
-        masks = self.anchor_masks(features, padded_sizes)
-        logits, deltas = self.head(features, masks)
+        logits, deltas = self.head(features)
         shapes = [tuple(x.shape[-2:]) for x in features]
         # anchors stay in (at least) float32 even when the features are half precision
         dtype = torch.promote_types(features[0].dtype, torch.float32)
         anchors = self.anchor_generator(shapes, device=features[0].device, dtype=dtype)
-        num_a = self.anchor_generator.num_anchors_per_location
-        # (B, 1, H, W) -> (B, H*W*A): the anchors of a location share its mask
-        valid = (
-            None if masks is None else [m.flatten(1).bool().repeat_interleave(num_a, dim=1) for m in masks]
-        )
+        valid = self.anchor_valid(features, padded_sizes)
 
         losses: dict[str, Tensor] = {}
         if targets is not None:
             losses = self.losses(logits, deltas, anchors, valid, targets, generator)
         mode = "train" if self.training else "test"
+        # every coordinate of a clipped proposal is within the padded input size
+        max_coordinate = max(shapes[0]) * self.anchor_generator.strides[0]
         with torch.no_grad():
             proposals, proposal_valid = self.proposals(
-                [x.detach() for x in logits], [d.detach() for d in deltas], anchors, valid, image_sizes, mode
+                [x.detach() for x in logits], [d.detach() for d in deltas], anchors, valid, image_sizes,
+                mode, max_coordinate,
             )
         return proposals, proposal_valid, losses
 
@@ -221,24 +171,26 @@ class RPN(nn.Module):
         generator: torch.Generator | None = None,
     ) -> dict[str, Tensor]:
         """BCE objectness + smooth-L1 delta losses over per-image balanced anchor samples,
-        both normalised by the number of sampled anchors."""
+        both normalised by the number of sampled anchors (fixed shapes, masked sums)."""
+        targets = targets.at_least_one()
         all_anchors = torch.cat(anchors)  # (N, 4)
         matched_idx, labels = self.matcher(all_anchors, targets.boxes, targets.valid)  # (B, N) each
         if valid is not None:
-            labels = labels.masked_fill(~torch.cat(valid, dim=1), -1)
-        b, i = sample_balanced(labels, self.batch_size_per_image, self.positive_fraction, generator)
-        logits_s = torch.cat(logits, dim=1)[b, i]  # (S,)
-        sampled_labels = labels[b, i]
-        loss_obj = F.binary_cross_entropy_with_logits(
-            logits_s, sampled_labels.to(logits_s.dtype), reduction="sum"
-        ) / max(b.numel(), 1)
-        fg = sampled_labels == 1
-        bf, af = b[fg], i[fg]
-        target_deltas = self.box_coder.encode(all_anchors[af], targets.boxes[bf, matched_idx[bf, af]])
-        pred = torch.cat(deltas, dim=1)[bf, af]  # (S_fg, 4)
-        loss_box = F.smooth_l1_loss(pred, target_deltas, beta=self.smooth_l1_beta, reduction="sum") / max(
-            b.numel(), 1
-        )
+            labels = labels.masked_fill(~torch.cat(valid, dim=1), IGNORE)
+        index, mask = sample_balanced(labels, self.batch_size_per_image, self.positive_fraction, generator)
+        num = mask.sum().clamp(min=1)  # sampled anchors in the batch
+        logits_s = torch.cat(logits, dim=1).gather(1, index)  # (B, S)
+        fg = (labels.gather(1, index) == FOREGROUND) & mask  # (B, S)
+        loss_obj = F.binary_cross_entropy_with_logits(logits_s, fg.to(logits_s.dtype), reduction="none")
+        loss_obj = (loss_obj * mask).sum() / num
+        anchors_s = all_anchors[index]  # (B, S, 4)
+        gt_s = targets.boxes.gather(1, matched_idx.gather(1, index)[..., None].expand(-1, -1, 4))  # (B, S, 4)
+        # non-foreground slots target their own anchor (zero deltas, finite), then are masked out
+        target_deltas = self.box_coder.encode(anchors_s, torch.where(fg[..., None], gt_s, anchors_s))
+        pred = torch.cat(deltas, dim=1).gather(1, index[..., None].expand(-1, -1, 4))  # (B, S, 4)
+        loss_box = F.smooth_l1_loss(pred, target_deltas.to(pred.dtype), beta=self.smooth_l1_beta,
+                                    reduction="none").sum(-1)
+        loss_box = (loss_box * fg).sum() / num
         return {"loss_rpn_obj": loss_obj, "loss_rpn_box": loss_box}
 
     def proposals(
@@ -249,10 +201,12 @@ class RPN(nn.Module):
         valid: list[Tensor] | None,
         image_sizes: Tensor,
         mode: str,
+        max_coordinate: float,
     ) -> tuple[Tensor, Tensor]:
         """Per-level top-k, decode, clip, drop small, NMS per (image, level), top-k per image.
 
-        Returns padded proposals ``(B, P, 4)`` sorted by score and their validity ``(B, P)``.
+        Returns proposals ``(B, P, 4)`` sorted by score and their validity ``(B, P)``,
+        ``P = post_nms_topk[mode]``; no device-to-host sync but NMS's own.
         """
         B = logits[0].shape[0]
         scores, boxes, level_ids = [], [], []
@@ -266,26 +220,22 @@ class RPN(nn.Module):
             d = torch.gather(dl, 1, idx[..., None].expand(-1, -1, 4))
             boxes.append(self.box_coder.decode(d, an[idx]))
             level_ids.append(torch.full((k,), level, device=lg.device))
-        scores_t = torch.cat(scores, dim=1)  # (B, K)
+        scores_t = torch.cat(scores, dim=1).float()  # (B, K)
         boxes_t = clip_boxes(torch.cat(boxes, dim=1), image_sizes)  # (B, K, 4)
         K = scores_t.shape[1]
         keep = remove_small_boxes(boxes_t, self.min_size) & torch.isfinite(scores_t)  # (B, K)
+        # unwanted candidates stay in place (fixed shapes): a zero box overlaps nothing
+        scores_t = scores_t.masked_fill(~keep, float("-inf"))
+        boxes_t = torch.where(keep[..., None], boxes_t, 0.0)
         # one NMS call for the whole batch: groups are (image, level) pairs
         image_idx = torch.arange(B, device=scores_t.device)[:, None].expand(B, K)
         groups = image_idx * len(logits) + torch.cat(level_ids)[None, :]
-        flat = keep.flatten().nonzero().squeeze(1)
-        kept = flat[
-            batched_nms(
-                boxes_t.flatten(0, 1)[flat],
-                scores_t.flatten()[flat],
-                groups.flatten()[flat],
-                self.nms_threshold,
-            )
-        ]  # (M,) flat indices, by descending score
-        order, rank, width = pack_per_image(kept // K, B, self.post_nms_topk[mode])
-        kept = kept[order]
-        out = boxes_t.new_zeros(B, width, 4)
-        out_valid = torch.zeros(B, width, dtype=torch.bool, device=boxes_t.device)
-        out[kept // K, rank] = boxes_t.flatten(0, 1)[kept]
-        out_valid[kept // K, rank] = True
-        return out, out_valid
+        kept = grouped_nms(
+            boxes_t.flatten(0, 1), scores_t.flatten(), groups.flatten(), self.nms_threshold, max_coordinate
+        )  # (M,) flat indices, by descending score
+        index, out_valid = pack_per_image(
+            torch.div(kept, K, rounding_mode="floor"), keep.flatten()[kept], B, self.post_nms_topk[mode]
+        )  # (B, P)
+        flat = boxes_t.flatten(0, 1)  # (B*K, 4)
+        out = flat[kept[index]] if kept.numel() else flat.new_zeros(*index.shape, 4)
+        return torch.where(out_valid[..., None], out, 0.0), out_valid

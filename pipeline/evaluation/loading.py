@@ -18,7 +18,7 @@ def resolve_device(device: str) -> torch.device:
 
 
 def load_model(ref: str | Path, *, tracking_uri: str | None = None, device: str | torch.device = "cpu") -> nn.Module:
-    """The detector at ``ref``, in eval mode on ``device``.
+    """The detector at ``ref``, in eval mode on ``device``, batch norm fused for inference.
 
     ``ref`` is a ``detector`` checkpoint file (``models/model.pt``) or an MLflow model URI
     (``models:/NAME/VERSION``, ``models:/NAME@alias``, ``runs:/RUN_ID/PATH``), loaded with
@@ -48,7 +48,9 @@ def load_model(ref: str | Path, *, tracking_uri: str | None = None, device: str 
             raise FileNotFoundError(f"{ref}: model checkpoint not found (train one with `python -m pipeline "
                                     "train`, or pass an MLflow URI like models:/NAME/VERSION)")
         model = detector.load_checkpoint(ref, map_location=device)
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    fuse = getattr(model, "fuse_for_inference", None)
+    return fuse() if fuse is not None and not model.fused else model
 
 
 def class_names_of(model: nn.Module) -> dict[int, str]:

@@ -51,13 +51,16 @@ def check_finite(losses: dict[str, float], *, epoch: int, step: int, global_step
     )
 
 
-def training_targets(targets: list[dict[str, Tensor]], device: torch.device) -> list[dict[str, Tensor]]:
-    """Boxes and labels the model trains on: crowd regions (``iscrowd=1``) removed."""
+def training_targets(targets: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
+    """Boxes and labels the model trains on: crowd regions (``iscrowd=1``) removed.
+
+    They stay on the host: the model checks them there and copies the padded batch to its
+    device once (no device-to-host sync for the checks).
+    """
     out = []
     for t in targets:
         keep = t["iscrowd"] == 0 if "iscrowd" in t else torch.ones(len(t["boxes"]), dtype=torch.bool)
-        out.append({"boxes": t["boxes"][keep].to(device, torch.float32),
-                    "labels": t["labels"][keep].to(device, torch.int64)})
+        out.append({"boxes": t["boxes"][keep].to(torch.float32), "labels": t["labels"][keep].to(torch.int64)})
     return out
 
 
@@ -154,7 +157,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             seen_ids += [int(t["image_id"]) for t in targets]
             step_start = time.perf_counter()
             images = [img.to(device, non_blocking=True) for img in images]
-            tgts = training_targets(targets, device)
+            tgts = training_targets(targets)
             autocast = (torch.autocast(device_type=device.type, dtype=amp_dtype) if amp_dtype is not None
                         else nullcontext())
             with autocast:

@@ -1,4 +1,3 @@
-import copy
 
 import pytest
 import torch
@@ -62,44 +61,6 @@ def test_pretrained_errors(tmp_path, monkeypatch):
     monkeypatch.setattr(torchvision.models.WeightsEnum, "get_state_dict", offline)
     with pytest.raises(RuntimeError, match="torch hub cache .* or pass its path"):
         build_backbone("resnet18", [3, 4, 5], 16, pretrained="DEFAULT")
-
-
-@pytest.mark.parametrize("name", list(SPECS))
-def test_fold_batch_norm_same_outputs(name, gen):
-    from detector.backbone import fold_batch_norm
-
-    bb = build_backbone(name, [3, 4, 5], 8).eval()
-    for m in bb.body.modules():  # non-trivial statistics
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.normal_(generator=gen)
-            m.running_var.uniform_(0.5, 2.0, generator=gen)
-    folded = fold_batch_norm(bb.body)
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
-    x = torch.rand(1, 3, 64, 64, generator=gen)
-    with torch.no_grad():
-        ref, out = bb.body(x), folded(x)
-    for key in ref:
-        torch.testing.assert_close(out[key], ref[key], rtol=1e-4, atol=1e-4 * ref[key].abs().max().item())
-
-
-def test_folded_body_follows_weight_updates(gen):
-    bb = build_backbone("regnet_x_400mf", [3, 4, 5], 8).eval()
-    x = torch.rand(1, 3, 64, 64, generator=gen)
-    with torch.no_grad():
-        before = bb(x)[0]
-    assert "_fused" in bb.__dict__ and "_fused" not in "".join(bb.state_dict())
-    assert "_fused" not in copy.deepcopy(bb).__dict__  # nor pickled
-    bb.train()
-    bb(torch.rand(2, 3, 64, 64, generator=gen))  # updates running statistics
-    with torch.no_grad():
-        bb.fpn.inner_blocks[0][0].weight.mul_(2)  # and a weight
-    bb.eval()
-    with torch.no_grad():
-        after = bb(x)[0]
-    with torch.enable_grad():
-        unfolded = bb(x)[0].detach()
-    torch.testing.assert_close(after, unfolded, rtol=1e-4, atol=1e-5)
-    assert not torch.allclose(after, before)
 
 
 def test_regnet_x_200mf_is_the_papers_design():

@@ -17,8 +17,8 @@ def test_seed_shapes(tiny):
     """The seed's example: (2, 3, 224, 224) -> p3/p4/p5 of 28/14/7 and 2352/588/147 anchors."""
     model = build_model(tiny(anchors={"scales": [8], "aspect_ratios": [0.5, 1.0, 2.0]})).eval()
     with torch.no_grad():
-        feats, sizes, padded = model.features(list(torch.zeros(2, 3, 224, 224)))
-    assert [tuple(f.shape[-2:]) for f in feats] == [(28, 28), (14, 14), (7, 7)] and padded is None
+        feats, batch = model.features(list(torch.zeros(2, 3, 224, 224)))
+    assert [tuple(f.shape[-2:]) for f in feats] == [(28, 28), (14, 14), (7, 7)] and batch.padded_sizes is None
     anchors = model.rpn.anchor_generator([f.shape[-2:] for f in feats])
     assert [a.shape[0] for a in anchors] == [2352, 588, 147]
     logits, deltas = model.rpn.head(feats)
@@ -42,6 +42,29 @@ def test_train_and_eval_outputs(tiny, toy, gen):
         dets = model(imgs)
     assert len(dets) == 2 and set(dets[0]) == {"boxes", "scores", "labels"}
     assert model.class_names == ["square", "bar"] and model.config.num_classes == 2
+
+
+def test_train_batch_of_mixed_sizes_runs_the_backbone_once(tiny, gen):
+    """Three images of three sizes: one backbone call on one padded tensor, so batch norm
+    normalises over the whole batch and updates its running statistics once."""
+    model = build_model(tiny()).train()
+    calls = []
+    model.backbone.register_forward_hook(lambda module, args, out: calls.append(tuple(args[0].shape)))
+    norms = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    before = [m.num_batches_tracked.item() for m in norms]
+    means = [m.running_mean.clone() for m in norms]
+    images = [torch.rand(3, h, w, generator=gen) for h, w in ((64, 96), (100, 70), (128, 128))]
+    box = {"boxes": torch.tensor([[5.0, 5, 40, 50]]), "labels": torch.tensor([1])}
+    losses = model(images, [box] * 3, generator=gen)
+    assert calls == [(3, 3, 128, 128)]  # padded to the largest, a multiple of the stride 32
+    assert [m.num_batches_tracked.item() for m in norms] == [n + 1 for n in before]
+    assert any(not torch.equal(m.running_mean, mean) for m, mean in zip(norms, means))
+    assert all(torch.isfinite(v) for v in losses.values())
+    _, batch = model.features(images)
+    assert batch.padded_sizes.tolist() == [[64, 96], [128, 96], [128, 128]]
+    assert batch.image_sizes.tolist() == [[64, 96], [100, 70], [128, 128]]
+    assert batch.tensor.is_contiguous(memory_format=torch.channels_last)
+    assert (batch.tensor[0, :, 64:] == 0).all() and (batch.tensor[1, :, :, 96:] == 0).all()
 
 
 @pytest.mark.parametrize("other_size", [(160, 200), (90, 120)])  # a different padded size / the same one

@@ -23,10 +23,11 @@ def _random_rois(n, size, gen):
     return torch.cat([xy, xy + wh], 1)
 
 
+@pytest.mark.parametrize("backend", ["rows", "torchvision"])
 @pytest.mark.parametrize("sampling_ratio, output_size", [(2, 7), (1, 5), (3, 4)])
-def test_equals_torchvision_roi_align(gen, sampling_ratio, output_size):
+def test_equals_torchvision_roi_align(gen, sampling_ratio, output_size, backend):
     levels = [3, 4, 5, 6]
-    pooler = MultiLevelRoIAlign(levels, output_size, sampling_ratio)
+    pooler = MultiLevelRoIAlign(levels, output_size, sampling_ratio, backend=backend)
     feats = [torch.randn(2, 6, 192 // 2**lv, 256 // 2**lv, generator=gen) for lv in levels]
     boxes = _random_rois(60, 200, gen)
     batch_idx = torch.randint(0, 2, (60,), generator=gen)
@@ -40,21 +41,38 @@ def test_equals_torchvision_roi_align(gen, sampling_ratio, output_size):
         torch.testing.assert_close(out[r], ref[0], atol=1e-5, rtol=1e-4)
 
 
-def test_per_image_extent_equals_own_map(gen):
-    """In a padded batch, an image's RoIs sample as if its own (smaller) maps were alone."""
-    pooler = MultiLevelRoIAlign([3, 4, 5], 7, 2)
-    feats = [torch.randn(2, 4, 256 // s, 320 // s, generator=gen) for s in (8, 16, 32)]
-    padded_sizes = torch.tensor([[256, 320], [128, 192]])
-    boxes = _random_rois(40, 150, gen)
-    batch_idx = torch.ones(40, dtype=torch.int64)
-    out = pooler(feats, boxes, batch_idx, padded_sizes)
-    own = [f[1:, :, : 128 // s, : 192 // s] for f, s in zip(feats, (8, 16, 32))]
-    alone = pooler(own, boxes, torch.zeros(40, dtype=torch.int64))
-    torch.testing.assert_close(out, alone)
+def test_channels_last_features_are_read_in_place(gen):
+    """The rows backend reads channels-last maps as they are (the model's layout)."""
+    pooler = MultiLevelRoIAlign([3, 4], 7, 2, backend="rows")
+    feats = [torch.randn(2, 6, 24, 32, generator=gen), torch.randn(2, 6, 12, 16, generator=gen)]
+    boxes = _random_rois(20, 180, gen)
+    batch_idx = torch.randint(0, 2, (20,), generator=gen)
+    cl = [f.contiguous(memory_format=torch.channels_last) for f in feats]
+    torch.testing.assert_close(pooler(cl, boxes, batch_idx), pooler(feats, boxes, batch_idx))
 
 
-def test_gradients_match_torchvision(gen):
-    pooler = MultiLevelRoIAlign([3], 7, 2)
+@pytest.mark.parametrize("backend", ["rows", "torchvision"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_reduced_precision_keeps_the_geometry(gen, backend, dtype):
+    """Under autocast, half-precision features at COCO map sizes pool within 1% of the same
+    features pooled in float32: positions and weights are float32, not the features' dtype."""
+    levels = [2, 3, 4, 5]
+    pooler = MultiLevelRoIAlign(levels, 7, 2, backend=backend)
+    feats = [torch.randn(1, 8, 800 // 2**lv, 1344 // 2**lv, generator=gen).to(dtype) for lv in levels]
+    boxes = _random_rois(200, 780, gen)
+    boxes[:, 0::2] += 500  # far from the origin: bfloat16 coordinates would be off by up to 4 px
+    batch_idx = torch.zeros(200, dtype=torch.int64)
+    with torch.autocast("cpu", dtype=dtype):
+        out = pooler(feats, boxes, batch_idx)
+    assert out.dtype == dtype
+    ref = pooler([f.float() for f in feats], boxes, batch_idx)
+    err = ((out.float() - ref).abs().mean() / ref.abs().mean()).item()
+    assert err < 0.01, f"mean relative error {err:.4f}"
+
+
+@pytest.mark.parametrize("backend", ["rows", "torchvision"])
+def test_gradients_match_torchvision(gen, backend):
+    pooler = MultiLevelRoIAlign([3], 7, 2, backend=backend)
     feat = torch.randn(2, 5, 16, 20, generator=gen, requires_grad=True)
     boxes = _random_rois(30, 120, gen)
     batch_idx = torch.randint(0, 2, (30,), generator=gen)
@@ -67,7 +85,8 @@ def test_gradients_match_torchvision(gen):
     torch.testing.assert_close(ours, feat.grad, atol=1e-5, rtol=1e-4)
 
 
-def test_no_rois(gen):
-    pooler = MultiLevelRoIAlign([3, 4, 5], 7, 2)
+@pytest.mark.parametrize("backend", ["rows", "torchvision"])
+def test_no_rois(gen, backend):
+    pooler = MultiLevelRoIAlign([3, 4, 5], 7, 2, backend=backend)
     feats = [torch.randn(1, 4, 8 // 2 ** (lv - 3), 8 // 2 ** (lv - 3), generator=gen) for lv in (3, 4, 5)]
     assert pooler(feats, torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64)).shape == (0, 4, 7, 7)

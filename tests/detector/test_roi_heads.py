@@ -1,7 +1,7 @@
 import torch
 
 from detector.model import build_model
-from detector.rpn import Targets
+from detector.structures import Targets
 
 
 def _setup(tiny, gen):
@@ -22,16 +22,16 @@ def test_losses_finite_with_and_without_gt(tiny, gen):
         labels=torch.tensor([[2], [0]]),
         valid=torch.tensor([[True], [False]]),
     )
-    _, losses = heads(feats, proposals, valid, torch.tensor([[128, 128]] * 2), None, targets, gen)
+    _, losses = heads(feats, proposals, valid, torch.tensor([[128, 128]] * 2), targets, gen)
     assert set(losses) == {"loss_cls", "loss_box"} and all(torch.isfinite(v) for v in losses.values())
     assert losses["loss_box"] > 0  # the GT box itself is a foreground RoI
     empty = Targets(
         torch.zeros(2, 0, 4), torch.zeros(2, 0, dtype=torch.int64), torch.zeros(2, 0, dtype=torch.bool)
     )
-    _, losses = heads(feats, proposals, valid, torch.tensor([[128, 128]] * 2), None, empty, gen)
+    _, losses = heads(feats, proposals, valid, torch.tensor([[128, 128]] * 2), empty, gen)
     assert torch.isfinite(losses["loss_cls"]) and losses["loss_box"] == 0
     # no proposals and no GT at all: zero losses, not NaN
-    _, losses = heads(feats, proposals[:, :0], valid[:, :0], torch.tensor([[128, 128]] * 2), None, empty, gen)
+    _, losses = heads(feats, proposals[:, :0], valid[:, :0], torch.tensor([[128, 128]] * 2), empty, gen)
     assert all(v == 0 for v in losses.values())
 
 

@@ -1,7 +1,8 @@
 import torch
 
 from detector.model import build_model
-from detector.rpn import RPNHead, Targets, pack_per_image
+from detector.rpn import RPNHead
+from detector.structures import Targets
 
 
 def _features(B=2, C=8, sizes=((16, 16), (8, 8), (4, 4)), gen=None):
@@ -21,14 +22,6 @@ def test_head_layout_matches_anchor_order(gen):
     n = (i * 16 + j) * 3 + a
     torch.testing.assert_close(logits[0][b, n], raw_obj[b, a, i, j])
     torch.testing.assert_close(deltas[0][b, n], raw_del[b, 4 * a : 4 * a + 4, i, j])
-
-
-def test_pack_per_image():
-    image_idx = torch.tensor([1, 0, 1, 1, 0, 2])
-    order, rank, width = pack_per_image(image_idx, 4, limit=2)
-    assert order.tolist() == [1, 4, 0, 2, 5] and rank.tolist() == [0, 1, 0, 1, 0] and width == 2
-    order, rank, width = pack_per_image(torch.zeros(0, dtype=torch.int64), 2)
-    assert order.numel() == 0 and width == 0
 
 
 def _rpn(tiny):
@@ -61,7 +54,7 @@ def test_proposals_clipped_sorted_and_limited(tiny, gen):
     sizes = torch.tensor([[128, 128], [90, 70]])
     proposals, valid, losses = rpn(_features(gen=gen), sizes)
     assert losses == {}
-    assert proposals.shape[0] == 2 and proposals.shape[1] <= rpn.post_nms_topk["test"]
+    assert proposals.shape == (2, rpn.post_nms_topk["test"], 4) and valid.shape == proposals.shape[:2]
     for b in range(2):
         p = proposals[b][valid[b]]
         assert p.shape[0] > 0

@@ -21,7 +21,7 @@ def test_non_finite_loss_names_step_and_terms():
 def test_crowd_boxes_are_not_training_targets():
     target = {"boxes": torch.tensor([[0, 0, 5, 5], [1, 1, 9, 9]], dtype=torch.float32),
               "labels": torch.tensor([1, 2]), "iscrowd": torch.tensor([0, 1])}
-    (out,) = training_targets([target], torch.device("cpu"))
+    (out,) = training_targets([target])
     assert out["boxes"].tolist() == [[0, 0, 5, 5]] and out["labels"].tolist() == [1]
     assert out["labels"].dtype == torch.int64 and set(out) == {"boxes", "labels"}
 
