@@ -1,25 +1,42 @@
-"""Time our FasterRCNN against torchvision's, configured identically, on CPU.
+"""Our FasterRCNN against torchvision's, configured identically, in one run.
 
-Both models share the backbone + FPN weights (a copy of ours), the RPN head and
-box head weights, anchors (same sizes and ratios), proposal counts, matching
-thresholds, RoI sampling, RoIAlign (7x7, sampling_ratio=2) and post-processing.
-torchvision's transform gets the same normalisation and does not resize.
+Both models share the backbone + FPN weights (a copy of ours), the RPN head and box head
+weights, anchors (same sizes and ratios), proposal counts, matching thresholds, RoI
+sampling, RoIAlign (7x7, sampling_ratio=2) and post-processing. torchvision's transform
+gets the same normalisation and does not resize.
 
 Usage::
 
-    python benchmarks/bench_detector.py [--sizes 224 512] [--batch 2] [--iters 7] [--threads 2] [--clock wall]
+    # CPU (the defaults): regnet_x_400mf, p3-p5, 2 images of 224 and 512 px
+    python benchmarks/bench_detector.py [--sizes 224 512] [--batch 2] [--iters 7] [--threads 2]
+    # GPU: ResNet-50-FPN p2-p6, 800x1333, batch 8, bf16 autocast, + a one-GPU NCCL DDP step
+    python benchmarks/bench_detector.py --device cuda --amp bf16 --backbone resnet50 \
+        --fpn-levels 2 3 4 5 6 --sizes 800x1333 --batch 8 --boxes 100 --ddp --memory
+    # peak memory of one training step on the CPU (each model in its own process)
+    python benchmarks/bench_detector.py --backbone resnet50 --fpn-levels 2 3 4 5 6 \
+        --sizes 800x1333 --batch 2 --boxes 100 --memory-only
 
-Prints the median time of a training step (forward + backward) and of an
-inference pass for each model, and the ratio ours / torchvision.
+Prints, per size: the median time of a training step (forward + backward; images/s) and
+of an inference pass for each model and the ratio ours / torchvision; host syncs of one
+training step; with ``--memory`` the peak memory of a training step; with ``--ddp`` a
+training step through ``DistributedDataParallel`` (world size 1: NCCL on CUDA, gloo on CPU).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import json
+import os
+import resource
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections import OrderedDict
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -29,7 +46,10 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.rpn import RPNHead as TVRPNHead
 from torchvision.ops import MultiScaleRoIAlign
 
-from detector import DetectorConfig, FasterRCNN, build_model
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from detector import DetectorConfig, FasterRCNN, build_model  # noqa: E402
+from detector.syncs import HostSyncCounter  # noqa: E402
 
 
 class _TVBackbone(nn.Module):
@@ -44,10 +64,10 @@ class _TVBackbone(nn.Module):
         return OrderedDict((str(k), f) for k, f in enumerate(self.inner(x)))
 
 
-def torchvision_twin(model: FasterRCNN, image_size: int) -> TVFasterRCNN:
+def torchvision_twin(model: FasterRCNN, image_size: tuple[int, int]) -> TVFasterRCNN:
     """torchvision's FasterRCNN with the same configuration and weights as ``model``."""
     cfg: DetectorConfig = model.config
-    assert cfg.fpn_levels == [3, 4, 5] and not cfg.anchors.per_level
+    assert not cfg.anchors.per_level
     strides = model.backbone.strides
     anchor_gen = TVAnchorGenerator(
         sizes=tuple(tuple(s * scale for scale in cfg.anchors.scales) for s in strides),
@@ -55,13 +75,13 @@ def torchvision_twin(model: FasterRCNN, image_size: int) -> TVFasterRCNN:
     )
     num_anchors = anchor_gen.num_anchors_per_location()[0]
     rpn_head = TVRPNHead(cfg.fpn_channels, num_anchors, conv_depth=len(cfg.rpn_stem_channels))
-    names = [str(k) for k in range(len(strides))]
+    pooled = [str(k) for k, level in enumerate(cfg.fpn_levels) if level <= 5]
     C = cfg.num_classes
     tv = TVFasterRCNN(
         _TVBackbone(copy.deepcopy(model.backbone)),
         num_classes=None,
-        min_size=image_size,
-        max_size=image_size,
+        min_size=min(image_size),
+        max_size=max(image_size),
         image_mean=cfg.image_mean,
         image_std=cfg.image_std,
         rpn_anchor_generator=anchor_gen,
@@ -75,7 +95,7 @@ def torchvision_twin(model: FasterRCNN, image_size: int) -> TVFasterRCNN:
         rpn_bg_iou_thresh=cfg.rpn.iou_thresholds[0],
         rpn_batch_size_per_image=cfg.rpn.batch_size_per_image,
         rpn_positive_fraction=cfg.rpn.positive_fraction,
-        box_roi_pool=MultiScaleRoIAlign(names, cfg.roi.output_size, cfg.roi.sampling_ratio),
+        box_roi_pool=MultiScaleRoIAlign(pooled, cfg.roi.output_size, cfg.roi.sampling_ratio),
         box_head=TwoMLPHead(cfg.fpn_channels * cfg.roi.output_size**2, cfg.roi.head_dim),
         box_predictor=FastRCNNPredictor(cfg.roi.head_dim, C + 1),
         box_score_thresh=cfg.roi.score_threshold,
@@ -110,14 +130,19 @@ def torchvision_twin(model: FasterRCNN, image_size: int) -> TVFasterRCNN:
     return tv
 
 
-def make_batch(batch: int, size: int, num_classes: int, gen: torch.Generator):
-    images = [torch.rand(3, size, size, generator=gen) for _ in range(batch)]
+def make_batch(batch: int, size: tuple[int, int], boxes: int, num_classes: int, gen: torch.Generator):
+    """``batch`` images of ``size`` with ``boxes`` boxes each: all sizes, some elongated (1:4..4:1)."""
+    h, w = size
+    images = [torch.rand(3, h, w, generator=gen) for _ in range(batch)]
     targets = []
     for _ in range(batch):
-        xy = torch.rand(5, 2, generator=gen) * size * 0.7
-        wh = torch.rand(5, 2, generator=gen) * size * 0.3 + 8
-        labels = torch.randint(1, num_classes + 1, (5,), generator=gen)
-        targets.append({"boxes": torch.cat([xy, (xy + wh).clamp(max=size)], 1), "labels": labels})
+        side = torch.exp(torch.empty(boxes).uniform_(3.0, 6.0, generator=gen))  # ~20..400 px
+        ratio = torch.exp(torch.empty(boxes).uniform_(-1.4, 1.4, generator=gen))  # h / w in 1:4..4:1
+        bw, bh = (side / ratio.sqrt()).clamp(4, w - 1), (side * ratio.sqrt()).clamp(4, h - 1)
+        x = torch.rand(boxes, generator=gen) * (w - bw)
+        y = torch.rand(boxes, generator=gen) * (h - bh)
+        labels = torch.randint(1, num_classes + 1, (boxes,), generator=gen)
+        targets.append({"boxes": torch.stack([x, y, x + bw, y + bh], 1), "labels": labels})
     return images, targets
 
 
@@ -135,67 +160,205 @@ def interleaved_medians(fns: dict[str, object], iters: int, clock, warmup: int =
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def bench(size: int, batch: int, iters: int, config: DetectorConfig, clock) -> dict[str, float]:
-    torch.manual_seed(0)
-    gen = torch.Generator().manual_seed(0)
-    ours = build_model(config)
-    theirs = torchvision_twin(ours, size)
-    images, targets = make_batch(batch, size, config.num_classes, gen)
+class Setup:
+    """Both models, one batch on ``device``, and their step functions."""
 
-    def train_step(model):
+    def __init__(self, config: DetectorConfig, size: tuple[int, int], batch: int, boxes: int,
+                 device: torch.device, amp: str) -> None:
+        torch.manual_seed(0)
+        gen = torch.Generator().manual_seed(0)
+        self.device = device
+        self.ours = build_model(config).to(device)
+        self.theirs = torchvision_twin(self.ours, size).to(device)
+        images, targets = make_batch(batch, size, boxes, config.num_classes, gen)
+        self.images = [img.to(device) for img in images]
+        self.cpu_targets = targets  # ours checks targets on the host (the loader's tensors)
+        self.device_targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+        self.autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
+        self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+        self.fused = None
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def train_step(self, which: str, model: nn.Module | None = None):
+        model = model or (self.ours if which == "ours" else self.theirs)
+        targets = self.cpu_targets if which == "ours" else self.device_targets
+
         def run():
             model.train()
-            losses = model(images, targets)
+            with self.autocast():
+                losses = model(self.images, targets)
             model.zero_grad(set_to_none=True)
-            sum(losses.values()).backward()
+            self.scaler.scale(sum(losses.values())).backward()
+            self.sync()
 
         return run
 
-    def infer(model):
+    def infer(self, which: str):
+        if which == "ours":  # what evaluation and prediction run: batch norm fused into the convs
+            if self.fused is None:
+                self.fused = copy.deepcopy(self.ours).fuse_for_inference()
+            model = self.fused
+        else:
+            model = self.theirs
+
         def run():
             model.eval()
-            with torch.no_grad():
-                model(images)
+            with torch.inference_mode(), self.autocast():
+                model(self.images)
+            self.sync()
 
         return run
 
-    out = {}
-    for kind, make in (("train", train_step), ("infer", infer)):
-        medians = interleaved_medians({"ours": make(ours), "tv": make(theirs)}, iters, clock)
-        out[f"{kind}_ours"], out[f"{kind}_tv"] = medians["ours"], medians["tv"]
-    return out
+    def host_syncs(self, which: str) -> int:
+        with HostSyncCounter() as counter:
+            self.train_step(which)()
+        return counter.total
+
+    def peak_memory(self, which: str) -> float:
+        """Peak CUDA memory of one training step above what was allocated before it (MiB)."""
+        step = self.train_step(which)
+        step()
+        torch.cuda.synchronize(self.device)
+        base = torch.cuda.memory_allocated(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        step()
+        return (torch.cuda.max_memory_allocated(self.device) - base) / 2**20
+
+
+def ddp_step_times(setup: Setup, iters: int, clock) -> dict[str, float]:
+    """Median training-step time of both models wrapped in DDP (world size 1)."""
+    import torch.distributed as dist
+
+    backend = "nccl" if setup.device.type == "cuda" else "gloo"
+    store = tempfile.mktemp(prefix="ddp-store-")
+    dist.init_process_group(backend, init_method=f"file://{store}", rank=0, world_size=1)
+    try:
+        ids = [setup.device.index or 0] if setup.device.type == "cuda" else None
+        # ours as built (channels-last weights), ours with default-layout weights (DDP then copies
+        # every conv gradient into its bucket: "grad strides do not match bucket view strides")
+        default_layout = copy.deepcopy(setup.ours).to(memory_format=torch.contiguous_format)
+        models = (("ours", setup.ours), ("ours_default_layout", default_layout), ("tv", setup.theirs))
+        fns = {name: setup.train_step("ours" if name.startswith("ours") else "tv",
+                                      nn.parallel.DistributedDataParallel(model, device_ids=ids))
+               for name, model in models}
+        return interleaved_medians(fns, iters, clock)
+    finally:
+        dist.destroy_process_group()
+
+
+def cpu_peak_rss(args: argparse.Namespace, size: tuple[int, int], which: str) -> float:
+    """Peak RSS of one training step above the RSS before it (MiB), in a fresh process."""
+    cmd = [sys.executable, __file__, "--_child", which, "--sizes", f"{size[0]}x{size[1]}",
+           *_model_args(args)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
+
+
+def _child(args: argparse.Namespace) -> None:
+    size = args.sizes[0]
+    setup = Setup(_config(args), size, args.batch, args.boxes, torch.device("cpu"), "off")
+    with open("/proc/self/statm") as f:
+        before = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    setup.train_step(args._child)()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
+    print(json.dumps({"peak_mib": peak - before}))
+
+
+def _model_args(args: argparse.Namespace) -> list[str]:
+    return ["--backbone", args.backbone, "--fpn-levels", *map(str, args.fpn_levels), "--batch", str(args.batch),
+            "--boxes", str(args.boxes), "--num-classes", str(args.num_classes), "--threads", str(args.threads)]
+
+
+def _config(args: argparse.Namespace) -> DetectorConfig:
+    return DetectorConfig.from_dict(
+        {"backbone": args.backbone, "fpn_levels": args.fpn_levels, "fpn_channels": args.fpn_channels,
+         "anchors": {"scales": [8], "aspect_ratios": [0.5, 1.0, 2.0]}},
+        num_classes=args.num_classes,
+    )
+
+
+def _size(text: str) -> tuple[int, int]:
+    h, _, w = text.partition("x")
+    return int(h), int(w or h)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--sizes", type=int, nargs="+", default=[224, 512])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=_size, nargs="+", default=[(224, 224), (512, 512)],
+                        help="image sizes, H or HxW")
     parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--boxes", type=int, default=5, help="ground-truth boxes per image")
     parser.add_argument("--iters", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--backbone", default="regnet_x_400mf")
+    parser.add_argument("--fpn-levels", type=int, nargs="+", default=[3, 4, 5])
+    parser.add_argument("--fpn-channels", type=int, default=None, help="default: 256 for resnet50, else 128")
     parser.add_argument("--num-classes", type=int, default=3)
-    parser.add_argument(
-        "--clock",
-        choices=["wall", "cpu"],
-        default="wall",
-        help="wall: time.perf_counter; cpu: process CPU time (steadier on a shared machine, use with --threads 1)",
-    )
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off")
+    parser.add_argument("--ddp", action="store_true", help="also time a DDP training step (world size 1)")
+    parser.add_argument("--memory", action="store_true", help="also measure peak memory of a training step")
+    parser.add_argument("--memory-only", action="store_true", help="only peak memory (CPU: one process per model)")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="wall: time.perf_counter; cpu: process CPU time (steadier on a shared machine, "
+                             "use with --threads 1)")
+    parser.add_argument("--_child", choices=["ours", "tv"], help=argparse.SUPPRESS)
     args = parser.parse_args()
-    clock = time.perf_counter if args.clock == "wall" else time.process_time
+    if args.fpn_channels is None:
+        args.fpn_channels = 256 if args.backbone == "resnet50" else 128
     torch.set_num_threads(args.threads)
-    config = DetectorConfig(num_classes=args.num_classes, backbone=args.backbone)
-    print(
-        f"torch {torch.__version__}, threads {args.threads}, batch {args.batch}, backbone {args.backbone}, "
-        f"fpn {config.fpn_levels}x{config.fpn_channels}, {args.clock} clock, median of {args.iters} iterations"
-    )
-    print(f"{'size':>5} {'step':>6} {'ours (s)':>9} {'torchvision (s)':>16} {'ours/tv':>8}")
+    if args._child:
+        return _child(args)
+    device = torch.device(args.device)
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
+    config = _config(args)
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} threads"
+    print(f"torch {torch.__version__}, torchvision {__import__('torchvision').__version__}, {gpu}, "
+          f"amp {args.amp}, batch {args.batch}, {args.boxes} boxes/image, backbone {args.backbone}, "
+          f"fpn {config.fpn_levels}x{config.fpn_channels}, {args.clock} clock, median of {args.iters} iterations",
+          flush=True)
     for size in args.sizes:
-        r = bench(size, args.batch, args.iters, config, clock)
-        for kind in ("train", "infer"):
-            ours, tv = r[f"{kind}_ours"], r[f"{kind}_tv"]
-            print(f"{size:>5} {kind:>6} {ours:>9.3f} {tv:>16.3f} {ours / tv:>8.2f}", flush=True)
+        label = f"{size[0]}x{size[1]}"
+        if args.memory_only or (args.memory and device.type == "cpu"):
+            if device.type != "cpu":
+                setup = Setup(config, size, args.batch, args.boxes, device, args.amp)
+                mem = {w: setup.peak_memory(w) for w in ("ours", "tv")}
+            else:
+                mem = {w: cpu_peak_rss(args, size, w) for w in ("ours", "tv")}
+            kind = "peak RSS" if device.type == "cpu" else "peak CUDA memory"
+            print(f"{label} train step {kind} above the start (MiB): ours {mem['ours']:.0f}, "
+                  f"torchvision {mem['tv']:.0f}, ours/tv {mem['ours'] / mem['tv']:.2f}", flush=True)
+            if args.memory_only:
+                continue
+        setup = Setup(config, size, args.batch, args.boxes, device, args.amp)
+        syncs = {w: setup.host_syncs(w) for w in ("ours", "tv")}
+        print(f"{label} host syncs in one training step: ours {syncs['ours']}, torchvision {syncs['tv']}")
+        print(f"{'size':>10} {'step':>6} {'ours (s)':>9} {'tv (s)':>8} {'ours img/s':>11} {'tv img/s':>9} "
+              f"{'ours/tv time':>13}")
+        rows = [("train", setup.train_step), ("infer", setup.infer)]
+        for kind, make in rows:
+            med = interleaved_medians({"ours": make("ours"), "tv": make("tv")}, args.iters, clock)
+            _row(label, kind, med, args.batch)
+        if args.memory and device.type == "cuda":
+            mem = {w: setup.peak_memory(w) for w in ("ours", "tv")}
+            print(f"{label} train step peak CUDA memory above the start (MiB): ours {mem['ours']:.0f}, "
+                  f"torchvision {mem['tv']:.0f}, ours/tv {mem['ours'] / mem['tv']:.2f}", flush=True)
+        if args.ddp:
+            med = ddp_step_times(setup, args.iters, clock)
+            _row(label, "ddp", med, args.batch)
+            print(f"{label} DDP step of ours with default-layout weights: {med['ours_default_layout']:.3f} s "
+                  f"(channels-last weights: {med['ours']:.3f} s, "
+                  f"{med['ours_default_layout'] / med['ours']:.2f}x)", flush=True)
+
+
+def _row(label: str, kind: str, med: dict[str, float], batch: int) -> None:
+    ours, tv = med["ours"], med["tv"]
+    print(f"{label:>10} {kind:>6} {ours:>9.3f} {tv:>8.3f} {batch / ours:>11.1f} {batch / tv:>9.1f} "
+          f"{ours / tv:>13.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,19 @@ os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 
+def pytest_collection_modifyitems(config, items):
+    """``@pytest.mark.gpu`` tests need a CUDA device: CI has none, the lent GPU machine runs them
+    (``benchmarks/gpu.sh``)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    no_gpu = pytest.mark.skip(reason="needs a CUDA device (run benchmarks/gpu.sh on a GPU machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(no_gpu)
+
+
 def write_tiny_coco(out_dir: Path, num_train: int = 8, num_val: int = 4, size: int = 64, seed: int = 0) -> Path:
     """Write a tiny prepared COCO dataset into ``out_dir``; returns ``out_dir``."""
     rng = np.random.default_rng(seed)
