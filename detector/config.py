@@ -85,13 +85,19 @@ class AnchorConfig(_Section):
 
 @dataclass
 class RPNConfig(_Section):
-    """Region proposal network. ``stem_channels: null`` means ``[fpn_channels]``."""
+    """Region proposal network. ``stem_channels: null`` means ``[fpn_channels]``.
+
+    ``nms``: how the (image, level) groups are suppressed: ``matrix`` (all at once, no
+    device-to-host sync: the CUDA default), ``per_group`` (torchvision's ``nms`` per group:
+    the CPU default) or ``auto``. Both give the same proposals.
+    """
 
     iou_thresholds: list[float] = field(default_factory=lambda: [0.3, 0.6])
     allow_low_quality_matches: bool = True
     batch_size_per_image: int = 256
     positive_fraction: float = 0.5
     nms_threshold: float = 0.7
+    nms: str = "auto"
     pre_nms_topk_train: int = 2000
     post_nms_topk_train: int = 1000
     pre_nms_topk_test: int = 1000
@@ -115,6 +121,8 @@ class RPNConfig(_Section):
             _positive(name, getattr(self, name))
         _fraction("positive_fraction", self.positive_fraction)
         _fraction("nms_threshold", self.nms_threshold)
+        if self.nms not in ("auto", "matrix", "per_group"):
+            raise ValueError(f"nms: must be auto, matrix or per_group, got {self.nms!r}")
         if self.min_size < 0:
             raise ValueError(f"min_size: must be >= 0, got {self.min_size}")
         if self.stem_channels is not None:

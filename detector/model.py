@@ -267,6 +267,7 @@ def build_model(config: DetectorConfig, load_pretrained: bool = True) -> FasterR
         nms_threshold=rc.nms_threshold,
         min_size=rc.min_size,
         smooth_l1_beta=rc.smooth_l1_beta,
+        nms=rc.nms,
     )
     oc = config.roi
     roi_heads = RoIHeads(

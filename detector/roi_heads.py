@@ -10,12 +10,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.ops import batched_nms
 
 from detector.boxes import BoxCoder, clip_boxes, remove_small_boxes
 from detector.matching import Matcher
 from detector.pooling import MultiLevelRoIAlign
 from detector.sampling import sample_balanced
-from detector.selection import grouped_nms, pack_per_image
+from detector.selection import pack_per_image
 from detector.structures import FOREGROUND, IGNORE, Targets
 
 __all__ = ["BoxHead", "RoIHeads"]
@@ -171,8 +172,9 @@ class RoIHeads(nn.Module):
     ) -> list[dict[str, Tensor]]:
         """Softmax scores, per-class decoding, clip, threshold, class-wise NMS, top detections.
 
-        Every proposal slot is pooled (fixed shapes; invalid slots score nothing), so the
-        only syncs are the score-threshold compaction, NMS and the split per image.
+        Every proposal slot is pooled (fixed shapes; invalid slots score nothing); the
+        score-threshold compaction, torchvision's ``batched_nms`` (class-wise, per image) and
+        the split per image are data-dependent.
         """
         B, P = proposal_valid.shape
         C = self.num_classes
@@ -195,8 +197,7 @@ class RoIHeads(nn.Module):
         )
         keep = ((scores > self.score_threshold) & remove_small_boxes(boxes, self.min_size)).nonzero().squeeze(1)
         boxes, scores, labels, image = boxes[keep], scores[keep], labels[keep], image[keep]
-        max_coordinate = max(features[0].shape[-2:]) * 2 ** self.pooler.levels[0]
-        kept = grouped_nms(boxes, scores, image * (C + 1) + labels, self.nms_threshold, max_coordinate)
+        kept = batched_nms(boxes, scores, image * (C + 1) + labels, self.nms_threshold)  # descending score
         index, valid = pack_per_image(image[kept], torch.ones_like(kept, dtype=torch.bool), B,
                                       self.detections_per_image)  # (B, D): valid slots first
         counts = valid.sum(1).tolist()

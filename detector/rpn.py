@@ -15,8 +15,8 @@ from torch import Tensor, nn
 from detector.anchors import AnchorGenerator
 from detector.boxes import BoxCoder, clip_boxes, remove_small_boxes
 from detector.matching import Matcher
+from detector.nms import nms_matrix, nms_per_group
 from detector.sampling import sample_balanced
-from detector.selection import grouped_nms, pack_per_image
 from detector.structures import FOREGROUND, IGNORE, Targets
 
 __all__ = ["RPN", "RPNHead"]
@@ -72,6 +72,9 @@ class RPN(nn.Module):
         pre_nms_topk, post_nms_topk: ``{"train": int, "test": int}`` per-level
             candidates before NMS and proposals per image after it.
         nms_threshold: NMS IoU threshold (per image and level).
+        nms: ``"matrix"`` (:func:`~detector.nms.nms_matrix`: all groups at once, no sync but a
+            convergence check), ``"per_group"`` (torchvision's ``nms`` per group) or ``"auto"``
+            (matrix on CUDA, per group elsewhere).
         min_size: proposals narrower or shorter than this (pixels) are dropped.
         smooth_l1_beta: beta of the box loss (0 = L1).
     """
@@ -89,6 +92,7 @@ class RPN(nn.Module):
         nms_threshold: float,
         min_size: float,
         smooth_l1_beta: float,
+        nms: str = "auto",
     ) -> None:
         super().__init__()
         self.head = head
@@ -102,6 +106,16 @@ class RPN(nn.Module):
         self.nms_threshold = nms_threshold
         self.min_size = min_size
         self.smooth_l1_beta = smooth_l1_beta
+        if nms not in ("auto", "matrix", "per_group"):
+            raise ValueError(f"nms must be auto, matrix or per_group, got {nms!r}")
+        self.nms_impl = nms
+
+    def nms(self, boxes: Tensor, scores: Tensor, valid: Tensor, iou_threshold: float) -> Tensor:
+        """``(G, K)`` kept candidates of ``(G, K)`` score-sorted groups (see ``nms_impl``)."""
+        impl = self.nms_impl
+        if impl == "auto":
+            impl = "matrix" if boxes.device.type == "cuda" else "per_group"
+        return (nms_matrix if impl == "matrix" else nms_per_group)(boxes, scores, valid, iou_threshold)
 
     def anchor_valid(self, features: list[Tensor], padded_sizes: Tensor | None) -> list[Tensor] | None:
         """Per level ``(B, N_l)`` bool: anchors inside each image's own padded extent (None: all)."""
@@ -152,12 +166,9 @@ class RPN(nn.Module):
         if targets is not None:
             losses = self.losses(logits, deltas, anchors, valid, targets, generator)
         mode = "train" if self.training else "test"
-        # every coordinate of a clipped proposal is within the padded input size
-        max_coordinate = max(shapes[0]) * self.anchor_generator.strides[0]
         with torch.no_grad():
             proposals, proposal_valid = self.proposals(
-                [x.detach() for x in logits], [d.detach() for d in deltas], anchors, valid, image_sizes,
-                mode, max_coordinate,
+                [x.detach() for x in logits], [d.detach() for d in deltas], anchors, valid, image_sizes, mode
             )
         return proposals, proposal_valid, losses
 
@@ -201,41 +212,34 @@ class RPN(nn.Module):
         valid: list[Tensor] | None,
         image_sizes: Tensor,
         mode: str,
-        max_coordinate: float,
     ) -> tuple[Tensor, Tensor]:
         """Per-level top-k, decode, clip, drop small, NMS per (image, level), top-k per image.
 
         Returns proposals ``(B, P, 4)`` sorted by score and their validity ``(B, P)``,
-        ``P = post_nms_topk[mode]``; no device-to-host sync but NMS's own.
+        ``P = post_nms_topk[mode]``. Fixed shapes throughout: the (image, level) groups
+        are padded to the largest ``k`` and go through one batched NMS.
         """
-        B = logits[0].shape[0]
-        scores, boxes, level_ids = [], [], []
+        B, L = logits[0].shape[0], len(logits)
+        k_max = max(min(self.pre_nms_topk[mode], lg.shape[1]) for lg in logits)
+        scores = logits[0].new_full((B, L, k_max), float("-inf"), dtype=torch.float32)
+        boxes = scores.new_zeros(B, L, k_max, 4)
         for level, (lg, dl, an) in enumerate(zip(logits, deltas, anchors)):
             if valid is not None:
                 lg = lg.masked_fill(~valid[level], float("-inf"))
             k = min(self.pre_nms_topk[mode], lg.shape[1])
-            top, idx = lg.topk(k, dim=1)  # (B, k)
-            scores.append(top)
+            top, idx = lg.topk(k, dim=1)  # (B, k), sorted by descending score
+            scores[:, level, :k] = top
             # (B, N_l, 4) gathered at (B, k) -> (B, k, 4)
             d = torch.gather(dl, 1, idx[..., None].expand(-1, -1, 4))
-            boxes.append(self.box_coder.decode(d, an[idx]))
-            level_ids.append(torch.full((k,), level, device=lg.device))
-        scores_t = torch.cat(scores, dim=1).float()  # (B, K)
-        boxes_t = clip_boxes(torch.cat(boxes, dim=1), image_sizes)  # (B, K, 4)
-        K = scores_t.shape[1]
-        keep = remove_small_boxes(boxes_t, self.min_size) & torch.isfinite(scores_t)  # (B, K)
-        # unwanted candidates stay in place (fixed shapes): a zero box overlaps nothing
-        scores_t = scores_t.masked_fill(~keep, float("-inf"))
-        boxes_t = torch.where(keep[..., None], boxes_t, 0.0)
-        # one NMS call for the whole batch: groups are (image, level) pairs
-        image_idx = torch.arange(B, device=scores_t.device)[:, None].expand(B, K)
-        groups = image_idx * len(logits) + torch.cat(level_ids)[None, :]
-        kept = grouped_nms(
-            boxes_t.flatten(0, 1), scores_t.flatten(), groups.flatten(), self.nms_threshold, max_coordinate
-        )  # (M,) flat indices, by descending score
-        index, out_valid = pack_per_image(
-            torch.div(kept, K, rounding_mode="floor"), keep.flatten()[kept], B, self.post_nms_topk[mode]
-        )  # (B, P)
-        flat = boxes_t.flatten(0, 1)  # (B*K, 4)
-        out = flat[kept[index]] if kept.numel() else flat.new_zeros(*index.shape, 4)
+            boxes[:, level, :k] = self.box_coder.decode(d, an[idx])
+        boxes = clip_boxes(boxes.view(B, L * k_max, 4), image_sizes).view(B, L, k_max, 4)
+        ok = remove_small_boxes(boxes, self.min_size) & torch.isfinite(scores)  # (B, L, k)
+        # (B, L, k) -> (B*L, k): one group per (image, level), each still sorted by score
+        keep = self.nms(boxes.flatten(0, 1), scores.flatten(0, 1), ok.flatten(0, 1), self.nms_threshold)
+        # the best P kept candidates of each image over all its levels
+        kept_scores = scores.masked_fill(~keep.view(B, L, k_max), float("-inf")).view(B, -1)  # (B, L*k)
+        P = min(self.post_nms_topk[mode], L * k_max)
+        top, idx = kept_scores.topk(P, dim=1)  # (B, P)
+        out_valid = torch.isfinite(top)
+        out = torch.gather(boxes.view(B, -1, 4), 1, idx[..., None].expand(-1, -1, 4))
         return torch.where(out_valid[..., None], out, 0.0), out_valid

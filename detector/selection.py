@@ -1,8 +1,5 @@
 """Fixed-shape selection of ragged per-image results, without device-to-host syncs.
 
-NMS keeps a data-dependent number of boxes; everything after it here works on tensors
-whose shapes are known on the host, so a CUDA step does not wait for the device.
-
 Shapes: ``M`` candidate boxes (all images flat), ``B`` images, ``W`` slots per image.
 """
 
@@ -10,34 +7,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torchvision.ops import nms
 
-__all__ = ["grouped_nms", "pack_per_image"]
-
-
-def grouped_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float,
-                max_coordinate: float) -> Tensor:
-    """NMS within each group in a single ``torchvision.ops.nms`` call.
-
-    Boxes of different groups are shifted apart by ``group * (max_coordinate + 1)``
-    (torchvision's ``batched_nms`` coordinate trick), with the bound taken from the host
-    instead of ``boxes.max()``; torchvision's ``batched_nms`` instead switches to a
-    per-group loop with ``unique`` (a sync per group) above a few thousand boxes.
-
-    Args:
-        boxes: ``(M, 4)`` xyxy, every coordinate in ``[0, max_coordinate]``.
-        scores: ``(M,)``; ``-inf`` marks candidates that are never wanted.
-        groups: ``(M,)`` int64 group id of each box (e.g. image * levels + level).
-
-    Returns:
-        ``(K,)`` int64 indices of the kept boxes, by descending score.
-    """
-    if boxes.numel() == 0:
-        return torch.zeros(0, dtype=torch.int64, device=boxes.device)
-    # float32 keeps ~24 bits: offsets up to ~1e6 px still resolve 0.06 px
-    boxes = boxes.float()
-    offsets = groups.to(boxes.dtype) * (float(max_coordinate) + 1.0)  # (M,)
-    return nms(boxes + offsets[:, None], scores.float(), iou_threshold)
+__all__ = ["pack_per_image"]
 
 
 def pack_per_image(image_idx: Tensor, keep: Tensor, num_images: int, width: int) -> tuple[Tensor, Tensor]:

@@ -20,10 +20,11 @@ def test_counter_sees_the_usual_suspects():
 
 @pytest.mark.parametrize("pooler", ["rows", "torchvision"])
 def test_training_step_has_at_most_4_host_syncs(tiny, gen, pooler):
-    """Forward + backward of a mixed-size batch with targets on the host (as the loader gives them).
+    """Forward + backward of a mixed-size batch with targets on the host (as the loader gives
+    them), with the CUDA defaults (matrix NMS; both RoIAlign backends).
 
     The optimizer step is not counted: on CUDA its step counters live on the host."""
-    model = build_model(tiny(roi={"pooler": pooler})).train()
+    model = build_model(tiny(roi={"pooler": pooler}, rpn={"nms": "matrix"})).train()
     images = [torch.rand(3, 96, 128, generator=gen), torch.rand(3, 128, 100, generator=gen)]
     targets = [
         {"boxes": torch.tensor([[10.0, 12, 60, 70], [70, 20, 120, 90]]), "labels": torch.tensor([1, 2])},
@@ -33,14 +34,4 @@ def test_training_step_has_at_most_4_host_syncs(tiny, gen, pooler):
         losses = model(images, targets, generator=gen)
         sum(losses.values()).backward()
     assert c.total <= 4, dict(c.counts)
-    assert c.counts["torchvision::nms"] == 1  # the proposals' one batched NMS call
-
-
-def test_inference_syncs_do_not_grow_with_the_batch(tiny, gen):
-    model = build_model(tiny()).eval()
-    counts = []
-    for batch in (1, 4):
-        with torch.no_grad(), HostSyncCounter() as c:
-            model([torch.rand(3, 96, 128, generator=gen) for _ in range(batch)])
-        counts.append(c.total)
-    assert counts[0] == counts[1] <= 4, counts
+    assert "torchvision::nms" not in c.counts and c.counts["aten::equal"] >= 1  # NMS: convergence checks
