@@ -121,6 +121,7 @@ class TrainParams:
     precise_bn_images: int = 0               # recompute batch-norm statistics over this many train images at the end; 0: off
     log_every: int = 10                      # steps between progress lines / step metrics
     loader_workers: int = 0                  # DataLoader worker processes per training worker
+    compile: bool = False                    # torch.compile the backbone (minutes of compiling per worker)
 
     def __post_init__(self) -> None:
         _positive(self, "train", ["epochs", "batch_size", "lr", "reference_batch_size", "lr_gamma",

@@ -107,6 +107,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     model_config = params.detector_config(train_ds.num_classes, list(train_ds.class_names))
     torch.manual_seed(train.seed)  # identical initial weights on every rank
     model = build_model(model_config)
+    if train.compile:  # in place: the state dict keeps its keys
+        model.backbone.compile()
     model = ray.train.torch.prepare_model(model)  # to device; DDP (gloo/NCCL) when world > 1
     bare: nn.Module = model.module if hasattr(model, "module") else model
 

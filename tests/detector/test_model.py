@@ -171,3 +171,11 @@ def test_overfits_tiny_batch(tiny, toy):
             fitted = True
             break
     assert fitted, f"not fitted after {step} steps; last losses {losses}"
+
+
+def test_compiled_backbone_keeps_checkpoint_keys(tiny):
+    """``train.compile`` compiles the backbone in place: checkpoints keep their keys (compiling is lazy)."""
+    model = build_model(tiny())
+    keys = list(model.state_dict())
+    model.backbone.compile()
+    assert list(model.state_dict()) == keys
