@@ -212,6 +212,11 @@ def ensure_ray(address: str | None) -> bool:
         address = "local"
         kwargs["dashboard_port"] = _free_port()
         env_vars["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{kwargs['dashboard_port']}"
+        # Ray Train's PreemptionWatcher watches for nodes being drained (autoscaler, spot); a local
+        # single-machine Ray has none. It is an actor with max_restarts=-1 whose constructor takes the
+        # workers' actor handles, which makes Ray's core worker log an error line on every run
+        # ("... constructor arguments in the object store and max_restarts > 0", ray#53727).
+        env_vars["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
     elif address != "auto" and "://" not in address:
         env_vars["RAY_ADDRESS"] = address
     ray.init(address=address, logging_config=ray.LoggingConfig(log_level="ERROR"), log_to_driver=True,
