@@ -172,9 +172,9 @@ def _with_legend(picture: Image.Image, font: Any, width: int, score_threshold: f
     line_h = probe.textbbox((0, 0), "Ag", font=font)[3] + 6
     swatch = 3 * line_h // 2
     items: list[tuple[tuple[int, int, int] | None, bool, str]] = [
-        (PRED_COLOR, False, "prediction: class score"), (GT_COLOR, True, "ground truth (class shown if not found)")]
+        (PRED_COLOR, False, "prediction: class score"), (GT_COLOR, True, "ground truth (named if missed)")]
     if score_threshold is not None:
-        items.append((None, False, f"predictions with score >= {score_threshold:.2f}"))
+        items.append((None, False, f"score >= {score_threshold:.2f}"))
     if hidden:
         items.append((None, False, f"{hidden} caption{'s' * (hidden != 1)} hidden (no free spot)"))
     # lay the items out left to right, wrapping to new lines

@@ -43,7 +43,7 @@ def test_found_ground_truth_is_not_captioned_and_the_threshold_adds_a_legend_lin
     out = annotate(image, pred, NAMES, gt)
     assert _count(out, GT_COLOR, (40, 101, 120, 125)) < 30  # only the dashed bottom edge, no caption below
     with_threshold = annotate(image, pred, NAMES, gt, score_threshold=0.3)
-    assert with_threshold.height > out.height  # "predictions with score >= 0.30" needs a second line here
+    assert with_threshold.height > out.height  # "score >= 0.30" takes one more legend line at this width
 
 
 def test_captions_never_overlap_and_stay_near_their_boxes():
