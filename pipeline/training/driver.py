@@ -167,7 +167,7 @@ def fit(params: Params, *, run_name: str, storage_path: str, callbacks: Sequence
     model_uri = tracking.log_final(
         mlflow_run, model=model, artifacts=[*written.values(), *(Path(a) for a in artifacts)],
         log_model=params.mlflow.log_model, registered_model_name=params.mlflow.registered_model_name,
-        alias=params.mlflow.registered_model_alias, val_metrics=summary,
+        alias=params.mlflow.registered_model_alias, val_metrics=summary, run_tags=run_tags,
         serving=ServingConfig(min_size=params.data.resize.min_size, max_size=params.data.resize.max_size),
     )
     return TrainResult(

@@ -114,14 +114,15 @@ def start_run(*, tracking_uri: str, experiment_name: str, run_name: str, ray_run
 
 def log_final(run: MlflowRun, *, model: Any, artifacts: list[Path], log_model: bool,
               registered_model_name: str | None, alias: str | None = None, serving: ServingConfig | None = None,
-              val_metrics: dict[str, Any] | None = None, register: bool = True,
-              status: str = "FINISHED") -> str | None:
+              val_metrics: dict[str, Any] | None = None, run_tags: dict[str, str] | None = None,
+              register: bool = True, status: str = "FINISHED") -> str | None:
     """Log files and the final model into ``run`` and close it. Returns the model URI (or None).
 
     The model is the servable pyfunc model of :mod:`pipeline.serving` (``serving``: its
     ``ServingConfig``). With ``registered_model_name`` and ``register`` (False for a training that did
-    not run, e.g. a reused finished run) a registry version is created, tagged (git commit, DVC
-    experiment, ``val_metrics``) and ``alias`` moves to it; the URI is then ``models:/NAME/VERSION``.
+    not run, e.g. a reused finished run) a registry version is created, tagged from ``run_tags`` (this
+    training's git commit, DVC experiment, ...; default: the run's tags) and ``val_metrics``, and
+    ``alias`` moves to it; the URI is then ``models:/NAME/VERSION``.
     """
     from mlflow.tracking import MlflowClient
 
@@ -135,10 +136,10 @@ def log_final(run: MlflowRun, *, model: Any, artifacts: list[Path], log_model: b
         from pipeline.serving.export import log_detector_model
         from pipeline.serving.registry import version_tags
 
+        tags = run_tags if run_tags is not None else client.get_run(run["run_id"]).data.tags
         logged = log_detector_model(
             run, model, config=serving or ServingConfig(), registered_model_name=registered_model_name,
-            alias=alias, register=register,
-            version_tags=version_tags(client.get_run(run["run_id"]).data.tags, val_metrics))
+            alias=alias, register=register, version_tags=version_tags(tags, val_metrics))
         model_uri = logged["registered"]["uri"] if logged["registered"] else logged["model_uri"]
     client.set_terminated(run["run_id"], status=status)
     return model_uri
