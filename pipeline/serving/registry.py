@@ -6,13 +6,19 @@ from collections.abc import Mapping
 
 __all__ = ["DESCRIPTION", "ModelVersionRef", "register_version", "version_tags"]
 
-DESCRIPTION = (
-    "Faster R-CNN (FPN) detector, a pyfunc model. Request: a DataFrame with a binary column 'image' of encoded "
-    "images (JSON: base64 strings), e.g. {\"dataframe_split\": {\"columns\": [\"image\"], \"data\": [[\"<base64>\"]]}, "
-    "\"params\": {\"score_threshold\": 0.5}}. Response: per image, boxes [x1, y1, x2, y2] in the original pixels, "
-    "scores, labels, class_names, width, height. Version tags: git_commit, dvc_exp_name (under `dvc exp run`), "
-    "val_* metrics."
-)
+DESCRIPTION = """Faster R-CNN (FPN) object detector, an MLflow pyfunc model (`mlflow models serve`, `mlflow.pyfunc.load_model`).
+
+**Request** (`POST /invocations`): a DataFrame with one row per image and a binary column `image` holding the
+encoded file (JPEG, PNG; base64 strings in JSON), e.g.
+`{"dataframe_split": {"columns": ["image"], "data": [["BASE64"]]}, "params": {"score_threshold": 0.5}}`.
+
+**Response**: per image `boxes` (`[x1, y1, x2, y2]` in the original image's pixels), `scores`, `labels`,
+`class_names`, `width`, `height`.
+
+**Versions**: one per training that ran, tagged `git_commit`, `dvc_exp_name` (under `dvc exp run`), `params_hash`
+and `val_AP`/`val_AP50`/`val_AP75`; the alias (`mlflow.registered_model_alias`, default `latest-train`) is on the
+newest.
+"""
 
 
 class ModelVersionRef(dict):
@@ -23,7 +29,8 @@ def register_version(tracking_uri: str, *, name: str, model_uri: str, model_id: 
                      alias: str | None, tags: Mapping[str, str]) -> ModelVersionRef:
     """Create a version of ``name`` from ``model_uri``, tag it, and move ``alias`` to it.
 
-    The registered model is created on first use, with :data:`DESCRIPTION`.
+    The registered model is created on first use, with :data:`DESCRIPTION` (also given to an
+    existing one that has no description).
     """
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
@@ -34,6 +41,8 @@ def register_version(tracking_uri: str, *, name: str, model_uri: str, model_id: 
     except MlflowException as err:
         if err.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
+        if not client.get_registered_model(name).description:
+            client.update_registered_model(name, description=DESCRIPTION)
     version = client.create_model_version(name, source=model_uri, run_id=run_id,
                                           tags={k: str(v) for k, v in tags.items()}, model_id=model_id)
     if alias:
