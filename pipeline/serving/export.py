@@ -35,8 +35,8 @@ class LoggedModel(dict):
     :class:`ModelVersionRef` of its registry version (None when not registered)."""
 
 
-def log_detector_model(run: Mapping[str, str], model: Any, *, config: ServingConfig, registered_model_name: str | None = None,
-                       alias: str | None = None, register: bool = True,
+def log_detector_model(run: Mapping[str, str], model: Any, *, config: ServingConfig,
+                       registered_model_name: str | None = None, alias: str | None = None, register: bool = True,
                        version_tags: Mapping[str, str] | None = None) -> LoggedModel:
     """Log ``model`` (a ``detector.FasterRCNN``) as a pyfunc model named ``model`` into ``run``.
 
@@ -63,7 +63,8 @@ def log_detector_model(run: Mapping[str, str], model: Any, *, config: ServingCon
             # nested: a Tune trial may already have its own run active in this process
             with mlflow.start_run(run_id=run["run_id"], nested=mlflow.active_run() is not None):
                 info = mlflow.pyfunc.log_model(
-                    name="model", python_model=model_code.__file__, artifacts={CHECKPOINT_ARTIFACT: str(checkpoint)},
+                    name="model", python_model=model_code.__file__,
+                    artifacts={CHECKPOINT_ARTIFACT: str(checkpoint)},
                     code_paths=[str(Path(detector.__file__).parent), str(Path(pipeline.__file__).parent)],
                     signature=signature(config.score_threshold), input_example=input_example(),
                     model_config=config.to_dict(), pip_requirements=requirements(),
