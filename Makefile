@@ -16,11 +16,13 @@ export RAY_TRAIN_ENABLE_PRINT_PATCH := 0
 install: $(STAMP)
 
 # Reinstalled when pyproject.toml changes or a package's __init__ appears (editable installs
-# map the packages that existed at install time).
+# map the packages that existed at install time). pip shows setuptools' informational
+# "Editable installation." banner as a warning even with -q; it is about setuptools, not this
+# project, so only that message is filtered (real warnings and errors still show).
 $(STAMP): pyproject.toml detector/__init__.py pipeline/__init__.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
 repro: install

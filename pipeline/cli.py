@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 
@@ -55,6 +56,9 @@ def _stage_module(name: str, required: bool = True):
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+    # MLflow announces creating/migrating a new sqlite store ("Creating initial MLflow database
+    # tables...") at INFO: internals, not about the run. Its warnings still show.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -1,9 +1,11 @@
 """``evaluate`` stage: COCO metrics, PR curves and pictures for the trained model on the val split.
 
 Reads the ``evaluate`` and ``data.resize`` params. Writes (paths relative to ``--out``, default
-``reports/``): ``metrics.json`` (DVC metric), ``detections.json`` (COCO results, original pixels),
-``pr_curve.csv`` + ``pr_curve.png``, ``per_class_ap.png`` and ``predictions/`` (``grid.png`` plus one
-PNG per image), then logs all of it into the MLflow run that trained the model.
+``reports/``): ``metrics.json`` (the DVC metric: the headline numbers of :data:`HEADLINE` and
+``AP_<class>``), ``evaluation.json`` (everything: the 12 COCO stats, per-class AP, speed, counts),
+``detections.json`` (COCO results, original pixels), ``pr_curve.csv`` + ``pr_curve.png``,
+``per_class_ap.png`` and ``predictions/`` (``grid.png`` plus ``image_<id>.png`` per image), then logs
+all of it into the MLflow run that trained the model.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ DEFAULT_MODEL = "models/model.pt"
 DEFAULT_VAL = "data/prepared/val.json"
 DEFAULT_OUT = "reports"
 RUN_FILE = "models/mlflow_run.json"
+# What `dvc metrics show/diff` compare: the COCO headline numbers, inference speed, and AP per class.
+HEADLINE = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100", "images_per_s")
 
 if TYPE_CHECKING:  # torch is imported inside functions: `python -m pipeline --help` stays fast
     import torch
@@ -82,9 +86,10 @@ def evaluate(model: nn.Module, val_json: str | Path, out_dir: str | Path, settin
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {name: out / name for name in ("metrics.json", "detections.json", "pr_curve.csv", "pr_curve.png",
-                                           "per_class_ap.png", "predictions")}
-    paths["metrics.json"].write_text(json.dumps(metrics, indent=2) + "\n")
+    paths = {name: out / name for name in ("metrics.json", "evaluation.json", "detections.json", "pr_curve.csv",
+                                           "pr_curve.png", "per_class_ap.png", "predictions")}
+    paths["metrics.json"].write_text(json.dumps(headline_metrics(metrics), indent=2) + "\n")
+    paths["evaluation.json"].write_text(json.dumps(metrics, indent=2) + "\n")
     paths["detections.json"].write_text(json.dumps(detections))
     rows = pr_curves(cocoeval, iou=0.5)
     write_pr_csv(rows, paths["pr_curve.csv"])
@@ -98,8 +103,17 @@ def evaluate(model: nn.Module, val_json: str | Path, out_dir: str | Path, settin
     examples = draw_examples(dataset, detections, cocoeval.cocoGt, class_names, settings.num_pictures,
                              min_score=settings.draw_score_threshold)
     for image_id, picture in examples:
-        picture.save(pictures_dir / f"{image_id}.png")
+        # not just "<id>.png": DVC renders all-digit names in a folder as steps of one image and
+        # crashes (`dvc plots show`: '<' between None and int) when such names sit next to grid.png
+        picture.save(pictures_dir / f"image_{image_id}.png")
     if examples:
         image_grid([picture for _, picture in examples]).save(pictures_dir / "grid.png")
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
     return metrics, list(paths.values())
+
+
+def headline_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The DVC metric: :data:`HEADLINE` plus ``AP_<class>`` (-1: no ground truth of that class)."""
+    out = {key: metrics[key] for key in HEADLINE if key in metrics}
+    out |= {f"AP_{name}": ap for name, ap in metrics.get("AP_per_class", {}).items()}
+    return out

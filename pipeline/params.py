@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -163,7 +164,15 @@ class MlflowParams:
     tracking_uri: str | None = None
     experiment_name: str = "faster-rcnn"
     registered_model_name: str | None = "faster-rcnn-fpn"  # null: log the model without registering it
-    log_model: bool = True                   # log the final model as an MLflow model (pickle format)
+    registered_model_alias: str | None = "latest-train"  # moved to each new version; null: no alias
+    log_model: bool = True                   # log the final model as a servable pyfunc model
+
+    def __post_init__(self) -> None:
+        alias = self.registered_model_alias
+        if alias is not None and (not re.fullmatch(r"[\w-]{1,255}", alias) or alias.lower() == "latest"
+                                  or re.fullmatch(r"[vV]\d+", alias)):
+            raise ParamsError(f"mlflow.registered_model_alias: {alias!r} is not a usable MLflow alias (letters, "
+                              "digits, '_' and '-'; not 'latest' nor a version like 'v3'), or null for no alias")
 
 
 @dataclass

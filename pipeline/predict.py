@@ -1,10 +1,10 @@
 """``predict`` command: detections for arbitrary images, as COCO-style json plus rendered pictures.
 
-``python -m pipeline predict --model PATH|models:/NAME/VERSION --images FILE_OR_DIR... --out DIR``
+``python -m pipeline predict --model PATH|models:/NAME@ALIAS --images FILE_OR_DIR... --out DIR``
 writes ``DIR/detections.json`` (``images`` with file names and sizes, ``annotations`` with
 ``bbox`` xywh in original pixels, ``score``, ``category_id`` and ``category_name``, ``categories``,
-and the ``failed`` files with the reason) and ``DIR/<name>.pred.png`` per image. Images are resized
-with ``data.resize`` like in training. Exit code 0: all read; 1: some files could not be read
+and the ``failed`` files with the reason) and ``DIR/<name>.pred.png`` per image (the image with its
+detections, a legend strip below). Images are resized with ``data.resize`` like in training. Exit code 0: all read; 1: some files could not be read
 (named on stderr, the others processed); 2: nothing to do or the model could not be loaded.
 """
 
@@ -20,7 +20,7 @@ from pipeline.params import Params
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="models/model.pt",
-                        help="detector checkpoint, or an MLflow model URI such as models:/NAME/VERSION "
+                        help="detector checkpoint, or an MLflow model URI such as models:/NAME@ALIAS or models:/NAME/VERSION "
                              "(tracking URI: mlflow.tracking_uri, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     parser.add_argument("--images", nargs="+", required=True, metavar="FILE_OR_DIR",
                         help="image files and/or folders (their image files, not recursive)")
@@ -65,7 +65,7 @@ def run(params: Params, args: argparse.Namespace) -> int:
         if name in used_names:  # same file name from two folders
             name = f"{Path(record['file_name']).stem}.{record['id']}.pred.png"
         used_names.add(name)
-        annotate(image, detections, class_names).save(out / name)
+        annotate(image, detections, class_names, score_threshold=threshold).save(out / name)
         record["rendered"] = name
 
     resize = params.data.resize

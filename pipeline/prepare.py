@@ -9,7 +9,8 @@ Outputs (relative to the working directory):
   clipped / dropped / filtered / difficult count;
 * ``reports/box_stats.json`` + ``.png``: box width/height/area/aspect-ratio histograms;
 * ``reports/anchor_fit.json`` + ``.png``: best possible recall of the ``model.anchors``
-  after the ``data.resize`` resize (see :mod:`pipeline.data.anchor_fit`).
+  after the ``data.resize`` resize (see :mod:`pipeline.data.anchor_fit`);
+* ``reports/data_metrics.json``: the headline for ``dvc metrics``: ``anchor_bpr`` (train split).
 
 All input is read and checked before the old outputs are removed and rewritten, so a
 failed run leaves the previous dataset in place and a smaller dataset leaves no stale files.
@@ -31,7 +32,8 @@ from pipeline.params import DataParams, Params, ParamsError
 
 PREPARED_DIR = Path("data/prepared")
 REPORTS_DIR = Path("reports")
-REPORT_FILES = ("data.json", "box_stats.json", "box_stats.png", "anchor_fit.json", "anchor_fit.png")
+REPORT_FILES = ("data.json", "box_stats.json", "box_stats.png", "anchor_fit.json", "anchor_fit.png",
+                "data_metrics.json")
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,7 @@ def prepare(data: DataParams, anchors: AnchorSettings, out_dir: Path = PREPARED_
     fit_report = {"bpr": fits["train"]["bpr"], "mean_best_iou": fits["train"]["mean_best_iou"],
                   "resize": {"min_size": data.resize.min_size, "max_size": data.resize.max_size}, **fits}
     _write_json(reports_dir / "anchor_fit.json", fit_report)
+    _write_json(reports_dir / "data_metrics.json", {"anchor_bpr": fit_report["bpr"]})
     plot_anchor_fit(fits, ious, str(reports_dir / "anchor_fit.png"))
     return {"data": data_report, "anchor_fit": fit_report}
 

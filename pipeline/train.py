@@ -6,7 +6,8 @@ Ray Train (:func:`pipeline.training.fit`) and writes:
 - ``models/model.pt``: a ``detector`` checkpoint with the class names,
 - ``models/mlflow_run.json``: ``{"run_id", "tracking_uri", "experiment_id"}`` so evaluation
   logs into the same MLflow run,
-- ``reports/train.json`` (DVC metric), ``reports/train_curve.csv`` (DVC plot), ``reports/loss_curve.png``.
+- ``reports/train.json`` (the summary), ``reports/train_metrics.json`` (the DVC metric: ``images_per_s``
+  and ``train_time_s``), ``reports/train_curve.csv`` (DVC plot), ``reports/loss_curve.png``.
 
 Rerunning with the same params and data resumes the interrupted Ray run of the same name.
 """
@@ -25,6 +26,7 @@ from pipeline.params import Params
 MODEL_PATH = Path("models/model.pt")
 MLFLOW_RUN_PATH = Path("models/mlflow_run.json")
 REPORTS_DIR = Path("reports")
+HEADLINE = ("images_per_s", "train_time_s")  # reports/train_metrics.json: what `dvc metrics` compares
 # logged to the MLflow run when present (the data stage writes the reports)
 ARTIFACTS = ["reports/data.json", "reports/anchor_fit.json", "reports/anchor_fit.png"]
 
@@ -75,6 +77,8 @@ def run(params: Params, args: argparse.Namespace) -> int:
                     extra={"train": result.summary, "ray_run": result.run_path,
                            "mlflow_run_id": (result.mlflow_run or {}).get("run_id")})
     MLFLOW_RUN_PATH.write_text(json.dumps(result.mlflow_run, indent=2) + "\n")
+    headline = {key: result.summary[key] for key in HEADLINE if key in result.summary}
+    (REPORTS_DIR / "train_metrics.json").write_text(json.dumps(headline, indent=2) + "\n")
     s = result.summary
     _say(f"done: {s['epochs']} epochs, loss {s.get('loss', float('nan')):.3f}, {s['images_per_s']:.1f} img/s, "
          f"{s['wall_time_s']:.0f}s; model -> {MODEL_PATH}, MLflow run {result.mlflow_run['run_id']}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -159,3 +160,20 @@ def mlflow_server(tmp_path_factory):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
+
+
+# Console lines that are not about the user's run: logging-style warnings/errors, Python warnings,
+# tracebacks, and Ray's C++ error lines ("[... E 123 456] core_worker.cc:..."). The pipeline's own
+# "warning: ..." / "error: ..." lines (lower case, about the data or the run) are not matched.
+NOISE = re.compile(r"\bWARNING\b|\bERROR\b|\bError\b|[A-Z]\w*Error:|Traceback|Warning:|\] \S+\.cc:\d+:| [EW] \d+ \d+\]")
+
+
+def noise_lines(console: str) -> list[str]:
+    """The lines of ``console`` (a stage's stdout + stderr) matching :data:`NOISE`."""
+    return [line for line in console.splitlines() if NOISE.search(line)]
+
+
+@pytest.fixture
+def console_noise():
+    """``console_noise(text) -> [noisy lines]``: see :data:`NOISE`."""
+    return noise_lines

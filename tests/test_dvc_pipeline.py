@@ -1,11 +1,13 @@
 """End to end: `dvc repro` of prepare -> train -> evaluate in a temporary copy of the repo.
 
-Checks every declared output is produced, that a second `dvc repro` runs nothing, and that
-changing an evaluation-only param reruns only `evaluate`.
+Checks every declared output is produced, that the console has no warning or error lines that are
+not about the run, that a second `dvc repro` runs nothing, that changing an evaluation-only param
+reruns only `evaluate`, and that `dvc metrics show/diff` and `dvc plots show/diff` work and read well.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -75,10 +77,11 @@ def _env(cwd: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_dvc_repro_end_to_end(repo_copy: Path):
+def test_dvc_repro_end_to_end(repo_copy: Path, console_noise):
     env = _env(repo_copy)
     dvc = str(BIN / "dvc")
-    _run([dvc, "repro"], repo_copy, env)
+    out = _run([dvc, "repro"], repo_copy, env)
+    assert console_noise(out) == [], out
 
     stages = yaml.safe_load((repo_copy / "dvc.yaml").read_text())["stages"]
     for stage in stages.values():
@@ -91,6 +94,8 @@ def test_dvc_repro_end_to_end(repo_copy: Path):
 
     out = _run([dvc, "repro"], repo_copy, env)
     assert "Running stage" not in out, out
+    for cmd in (["git", "add", "-A"], ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "run"]):
+        _run(cmd, repo_copy, env)  # HEAD holds the results: `dvc metrics/plots diff` compare with it
 
     out = _run([dvc, "metrics", "show", "--json"], repo_copy, env)
     assert "AP50" in out
@@ -101,3 +106,23 @@ def test_dvc_repro_end_to_end(repo_copy: Path):
     out = _run([dvc, "repro"], repo_copy, env)
     assert "Running stage 'evaluate'" in out
     assert "Running stage 'train'" not in out and "Running stage 'prepare'" not in out
+
+    # --- DVC's own commands, as the README tells a user to run them
+    out = _run([dvc, "metrics", "show", "--md"], repo_copy, env)
+    classes = json.loads((repo_copy / "reports/data.json").read_text())["class_names"]
+    # headline numbers only: a fixed part plus one AP_<class> column per class (the old table was ~3700 wide)
+    limit = 160 + sum(len(f"AP_{name}") + 3 for name in classes)
+    assert max(map(len, out.splitlines())) <= limit, out
+    assert {"reports/data_metrics.json", "reports/train_metrics.json", "reports/metrics.json"} <= set(out.split())
+    out = _run([dvc, "metrics", "diff", "--all", "--md"], repo_copy, env)
+    assert "AP50" in out and "images_per_s" in out, out
+    for cmd in (["plots", "show"], ["plots", "diff"]):
+        out = _run([dvc, *cmd], repo_copy, env)
+        assert "failed to load" not in out and "ERROR" not in out, out
+        assert (repo_copy / "dvc_plots" / "index.html").is_file()
+    # per-class PR curves: one colour per class, one line style per revision
+    proc = subprocess.run([dvc, "plots", "diff", "--targets", "reports/pr_curve.csv", "--show-vega"], cwd=repo_copy,
+                          env=env, capture_output=True, text=True, timeout=600, check=True)
+    spec = json.loads(proc.stdout)
+    assert spec["encoding"]["color"]["field"] == "class" and spec["encoding"]["strokeDash"]["field"] == "rev"
+    assert {row["rev"] for row in spec["data"]["values"]} == {"HEAD", "workspace"}

@@ -1,4 +1,4 @@
-"""Load a detector from a checkpoint path or an MLflow model URI (``models:/NAME/VERSION``)."""
+"""Load a detector from a checkpoint path or an MLflow model URI (``models:/NAME@ALIAS``, ``models:/NAME/VERSION``)."""
 
 from __future__ import annotations
 
@@ -21,36 +21,52 @@ def load_model(ref: str | Path, *, tracking_uri: str | None = None, device: str 
     """The detector at ``ref``, in eval mode on ``device``, batch norm fused for inference.
 
     ``ref`` is a ``detector`` checkpoint file (``models/model.pt``) or an MLflow model URI
-    (``models:/NAME/VERSION``, ``models:/NAME@alias``, ``runs:/RUN_ID/PATH``), loaded with
-    ``mlflow.pytorch.load_model`` from ``tracking_uri`` (which must then be given).
+    (``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``runs:/RUN_ID/model``) of a model logged by
+    training (:mod:`pipeline.serving`), read from ``tracking_uri`` (which must then be given). Only
+    its checkpoint is read (``weights_only=True``): no code from the model store runs.
     """
+    import detector
+
     ref = str(ref)
     if ref.startswith(MLFLOW_SCHEMES):
         if tracking_uri is None:
             raise ValueError(f"{ref}: an MLflow model URI needs a tracking URI")
         import tempfile
 
-        import mlflow.artifacts
-        import mlflow.pytorch
-
-        try:  # download with explicit URIs instead of setting MLflow's process-wide tracking URI
-            with tempfile.TemporaryDirectory(prefix="mlflow-model-") as tmp:
-                local = mlflow.artifacts.download_artifacts(artifact_uri=ref, dst_path=tmp, tracking_uri=tracking_uri,
-                                                            registry_uri=tracking_uri)
-                model = mlflow.pytorch.load_model(local, map_location=torch.device(device))
-        except Exception as err:  # noqa: BLE001 - MLflow raises many types; say which model failed
-            raise ValueError(f"{ref}: could not load the model from MLflow at {tracking_uri} "
-                             f"({err.__class__.__name__}: {err})") from err
+        with tempfile.TemporaryDirectory(prefix="mlflow-model-") as tmp:
+            checkpoint = _download_checkpoint(ref, tracking_uri, Path(tmp))
+            model = detector.load_checkpoint(checkpoint, map_location=device)
     else:
-        import detector
-
         if not Path(ref).is_file():
             raise FileNotFoundError(f"{ref}: model checkpoint not found (train one with `python -m pipeline "
-                                    "train`, or pass an MLflow URI like models:/NAME/VERSION)")
+                                    "train`, or pass an MLflow URI like models:/NAME@ALIAS)")
         model = detector.load_checkpoint(ref, map_location=device)
     model = model.to(device).eval()
     fuse = getattr(model, "fuse_for_inference", None)
     return fuse() if fuse is not None and not model.fused else model
+
+
+def _download_checkpoint(ref: str, tracking_uri: str, dst: Path) -> Path:
+    """Download the MLflow model ``ref`` into ``dst``; the path of its ``detector`` checkpoint artifact."""
+    import mlflow.artifacts
+    import yaml
+
+    from pipeline.serving.config import CHECKPOINT_ARTIFACT
+
+    try:  # explicit URIs instead of setting MLflow's process-wide tracking URI
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref, dst_path=str(dst), tracking_uri=tracking_uri,
+                                                         registry_uri=tracking_uri))
+    except Exception as err:  # noqa: BLE001 - MLflow raises many types; say which model failed
+        raise ValueError(f"{ref}: could not download the model from MLflow at {tracking_uri} "
+                         f"({err.__class__.__name__}: {err})") from err
+    try:
+        flavors = yaml.safe_load((local / "MLmodel").read_text())["flavors"]
+        checkpoint = local / flavors["python_function"]["artifacts"][CHECKPOINT_ARTIFACT]["path"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError) as err:
+        raise ValueError(f"{ref}: not a model logged by this pipeline's training (no {CHECKPOINT_ARTIFACT!r} "
+                         f"artifact in its MLmodel: {err!r}); models logged with the older pickle format can "
+                         "only be loaded with mlflow.pytorch.load_model, which runs their pickled code") from None
+    return checkpoint
 
 
 def class_names_of(model: nn.Module) -> dict[int, str]:

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from pipeline.evaluation.inference import to_coco_results
+from pipeline.evaluation.inference import rescale_boxes, to_coco_results
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 # What PIL raises for missing, unreadable or corrupt files (PNG chunk errors are SyntaxErrors).
@@ -70,10 +70,9 @@ def predict_images(model: nn.Module, paths: Sequence[Path], *, transforms: Calla
     with torch.inference_mode(), tqdm(total=len(paths), desc="predict", unit="img", file=sys.stderr,
                                       disable=not progress, dynamic_ncols=True) as bar:
         for batch in _readable_batches(paths, batch_size, result.failed):
-            tensors = [transforms(image, {"boxes": torch.zeros(0, 4)})[0].to(device) for _, image in batch]
-            outputs = model(tensors)
-            for (record, image), tensor, output in zip(batch, tensors, outputs):
-                dets = to_coco_results(output, record["id"], input_hw=tensor.shape[-2:],
+            outputs = detect(model, [image for _, image in batch], transforms=transforms, device=device)
+            for (record, image), output in zip(batch, outputs):
+                dets = to_coco_results(output, record["id"], input_hw=(image.height, image.width),
                                        orig_hw=(image.height, image.width), score_threshold=score_threshold)
                 for det in dets:
                     det.update(id=len(result.annotations) + 1, file_name=record["file_name"],
@@ -85,6 +84,26 @@ def predict_images(model: nn.Module, paths: Sequence[Path], *, transforms: Calla
             bar.update(len(batch))
         bar.update(len(paths) - bar.n)
     return result
+
+
+def detect(model: nn.Module, images: Sequence[Image.Image], *, transforms: Callable,
+           device: str | torch.device = "cpu") -> list[dict[str, torch.Tensor]]:
+    """The detections of ``model`` (in eval mode, on ``device``) for a batch of RGB images.
+
+    Each image goes through ``transforms`` (the evaluation resize) as in training; the boxes
+    come back in that image's original pixels.
+
+    Returns:
+        Per image ``{"boxes": (N, 4) xyxy float32, "scores": (N,), "labels": (N,) 1..C}`` on the CPU.
+    """
+    tensors = [transforms(image, {"boxes": torch.zeros(0, 4)})[0].to(device) for image in images]
+    with torch.inference_mode():
+        outputs = model(tensors)
+    out = []
+    for image, tensor, output in zip(images, tensors, outputs):
+        boxes = rescale_boxes(output["boxes"].float().cpu(), tensor.shape[-2:], (image.height, image.width))
+        out.append({"boxes": boxes, "scores": output["scores"].float().cpu(), "labels": output["labels"].cpu()})
+    return out
 
 
 def _readable_batches(paths: Sequence[Path], batch_size: int, failed: list[dict[str, str]]

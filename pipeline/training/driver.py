@@ -60,7 +60,7 @@ class TrainResult:
     model_config: dict[str, Any]
     class_names: list[str]
     mlflow_run: dict[str, str] | None = None  # {"run_id", "tracking_uri", "experiment_id"}
-    model_uri: str | None = None              # runs:/... of the logged MLflow model
+    model_uri: str | None = None              # models:/NAME/VERSION if registered, else models:/m-... (logged)
     reports: dict[str, str] = field(default_factory=dict)  # name -> path of the written reports
 
 
@@ -155,6 +155,7 @@ def fit(params: Params, *, run_name: str, storage_path: str, callbacks: Sequence
     summary = _summary(history, wall_time=wall_time, world_size=saved["world_size"], params=params,
                        run_name=run_name)
 
+    from pipeline.serving.config import ServingConfig
     from pipeline.training import reports
 
     out_dir = Path(reports_dir) if reports_dir is not None else Path(tempfile.mkdtemp(prefix="train-reports-"))
@@ -166,7 +167,8 @@ def fit(params: Params, *, run_name: str, storage_path: str, callbacks: Sequence
     model_uri = tracking.log_final(
         mlflow_run, model=model, artifacts=[*written.values(), *(Path(a) for a in artifacts)],
         log_model=params.mlflow.log_model, registered_model_name=params.mlflow.registered_model_name,
-        code_paths=[str(root / "detector")] if (root / "detector").is_dir() else [],
+        alias=params.mlflow.registered_model_alias, val_metrics=summary, run_tags=run_tags,
+        serving=ServingConfig(min_size=params.data.resize.min_size, max_size=params.data.resize.max_size),
     )
     return TrainResult(
         run_name=run_name, run_path=result.path, checkpoint_path=result.checkpoint.path, history=history,
@@ -210,6 +212,11 @@ def ensure_ray(address: str | None) -> bool:
         address = "local"
         kwargs["dashboard_port"] = _free_port()
         env_vars["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{kwargs['dashboard_port']}"
+        # Ray Train's PreemptionWatcher watches for nodes being drained (autoscaler, spot); a local
+        # single-machine Ray has none. It is an actor with max_restarts=-1 whose constructor takes the
+        # workers' actor handles, which makes Ray's core worker log an error line on every run
+        # ("... constructor arguments in the object store and max_restarts > 0", ray#53727).
+        env_vars["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
     elif address != "auto" and "://" not in address:
         env_vars["RAY_ADDRESS"] = address
     ray.init(address=address, logging_config=ray.LoggingConfig(log_level="ERROR"), log_to_driver=True,

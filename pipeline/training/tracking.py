@@ -14,7 +14,10 @@ import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipeline.serving.config import ServingConfig
 
 __all__ = ["MlflowRun", "check_reachable", "flatten", "log_final", "resolve_tracking_uri", "start_run"]
 
@@ -110,8 +113,17 @@ def start_run(*, tracking_uri: str, experiment_name: str, run_name: str, ray_run
 
 
 def log_final(run: MlflowRun, *, model: Any, artifacts: list[Path], log_model: bool,
-              registered_model_name: str | None, code_paths: list[str], status: str = "FINISHED") -> str | None:
-    """Log files and the final model into ``run`` and close it. Returns the model URI (or None)."""
+              registered_model_name: str | None, alias: str | None = None, serving: ServingConfig | None = None,
+              val_metrics: dict[str, Any] | None = None, run_tags: dict[str, str] | None = None,
+              register: bool = True, status: str = "FINISHED") -> str | None:
+    """Log files and the final model into ``run`` and close it. Returns the model URI (or None).
+
+    The model is the servable pyfunc model of :mod:`pipeline.serving` (``serving``: its
+    ``ServingConfig``). With ``registered_model_name`` and ``register`` (False for a training that did
+    not run, e.g. a reused finished run) a registry version is created, tagged from ``run_tags`` (this
+    training's git commit, DVC experiment, ...; default: the run's tags) and ``val_metrics``, and
+    ``alias`` moves to it; the URI is then ``models:/NAME/VERSION``.
+    """
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(run["tracking_uri"])
@@ -120,7 +132,15 @@ def log_final(run: MlflowRun, *, model: Any, artifacts: list[Path], log_model: b
             client.log_artifact(run["run_id"], str(path))
     model_uri = None
     if log_model and model is not None:
-        model_uri = _log_model(run, model, registered_model_name, code_paths)
+        from pipeline.serving.config import ServingConfig
+        from pipeline.serving.export import log_detector_model
+        from pipeline.serving.registry import version_tags
+
+        tags = run_tags if run_tags is not None else client.get_run(run["run_id"]).data.tags
+        logged = log_detector_model(
+            run, model, config=serving or ServingConfig(), registered_model_name=registered_model_name,
+            alias=alias, register=register, version_tags=version_tags(tags, val_metrics))
+        model_uri = logged["registered"]["uri"] if logged["registered"] else logged["model_uri"]
     client.set_terminated(run["run_id"], status=status)
     return model_uri
 
@@ -129,41 +149,6 @@ def mark_failed(run: MlflowRun) -> None:
     from mlflow.tracking import MlflowClient
 
     MlflowClient(run["tracking_uri"]).set_terminated(run["run_id"], status="FAILED")
-
-
-def _log_model(run: MlflowRun, model: Any, registered_model_name: str | None, code_paths: list[str]) -> str:
-    import mlflow
-    import mlflow.pytorch
-    import numpy as np
-    import torch
-    import torchvision
-    from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
-
-    # Detection models take a list of (3, H, W) images; the signature documents a batch of them.
-    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, -1, -1), "images")]))
-    # the fluent API needs the URI set globally; put back exactly what was there (set_tracking_uri
-    # also exports MLFLOW_TRACKING_URI, and get_tracking_uri() would turn "unset" into a default)
-    from mlflow.tracking._tracking_service import utils as tracking_utils
-
-    previous, previous_env = tracking_utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(run["tracking_uri"])
-    try:
-        # nested: a Tune trial may already have its own run active in this process
-        with mlflow.start_run(run_id=run["run_id"], nested=mlflow.active_run() is not None):
-            info = mlflow.pytorch.log_model(
-                model.cpu().eval(), name="model", serialization_format="pickle", signature=signature,
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
-                                  f"torchvision=={torchvision.__version__.split('+')[0]}"],
-                code_paths=code_paths, registered_model_name=registered_model_name,
-            )
-    finally:
-        mlflow.set_tracking_uri(previous)
-        if previous_env is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = previous_env
-    return info.model_uri
 
 
 def git_commit(root: Path) -> str:

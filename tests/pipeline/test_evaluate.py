@@ -112,12 +112,17 @@ def _pycocotools_stats(gt_path, det_path):
 def test_end_to_end_with_tiny_untrained_checkpoint(workdir, tiny_checkpoint, capsys):
     assert main(["evaluate", *RESIZE, "--set", "evaluate.num_pictures=2", "--set", "evaluate.batch_size=2"]) == 0
     reports = workdir / "reports"
-    metrics = json.loads((reports / "metrics.json").read_text())
+    metrics = json.loads((reports / "evaluation.json").read_text())  # everything
     for key in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "images_per_s", "ms_per_image"):
         assert isinstance(metrics[key], float), key
     assert set(metrics["AP_per_class"]) == set(CLASSES)
     assert metrics["AP_per_class"]["circle"] == -1.0  # no ground truth of that class
     assert metrics["num_images"] == 3 and metrics["images_per_s"] > 0
+    # the DVC metric: the headline numbers and one AP per class, nothing else
+    headline = json.loads((reports / "metrics.json").read_text())
+    assert headline == {**{k: metrics[k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100",
+                                                  "images_per_s")},
+                        "AP_circle": -1.0, "AP_square": metrics["AP_per_class"]["square"]}
 
     detections = json.loads((reports / "detections.json").read_text())
     assert detections and metrics["num_detections"] == len(detections)
@@ -133,10 +138,10 @@ def test_end_to_end_with_tiny_untrained_checkpoint(workdir, tiny_checkpoint, cap
 
     header, *rows = (reports / "pr_curve.csv").read_text().splitlines()
     assert header == "class,recall,precision" and len(rows) == 101 and rows[0].startswith("square,0.0,")
-    for name in ("pr_curve.png", "per_class_ap.png", "predictions/grid.png", "predictions/3.png",
-                 "predictions/5.png"):
+    for name in ("pr_curve.png", "per_class_ap.png", "predictions/grid.png", "predictions/image_3.png",
+                 "predictions/image_5.png"):
         assert Image.open(reports / name).size[0] > 0, name
-    assert not (reports / "predictions" / "8.png").exists()  # num_pictures=2
+    assert not (reports / "predictions" / "image_8.png").exists()  # num_pictures=2
     out = capsys.readouterr()
     assert "Average Precision" in out.out and "not logged to MLflow" in out.err
     assert "Accumulating evaluation results" not in out.out  # only the summary table is shown
@@ -151,14 +156,14 @@ def test_boxes_are_mapped_back_to_original_pixels(workdir, fake_model):
     detections = json.loads((workdir / "reports" / "detections.json").read_text())
     assert [d["bbox"] for d in detections] == [GT_XYWH] * 3
     metrics = json.loads((workdir / "reports" / "metrics.json").read_text())
-    assert metrics["AP"] == pytest.approx(1.0) and metrics["AP_per_class"]["square"] == pytest.approx(1.0)
+    assert metrics["AP"] == pytest.approx(1.0) and metrics["AP_square"] == pytest.approx(1.0)
 
 
 def test_no_detections_give_zeros(workdir, fake_model):
     fake_model(FixedBoxDetector([], []))
     assert main(["evaluate", *RESIZE]) == 0
     reports = workdir / "reports"
-    metrics = json.loads((reports / "metrics.json").read_text())
+    metrics = json.loads((reports / "evaluation.json").read_text())
     assert metrics["AP"] == 0.0 and metrics["AP50"] == 0.0 and metrics["AR100"] == 0.0
     assert metrics["AP_per_class"]["square"] == 0.0 and metrics["num_detections"] == 0
     assert json.loads((reports / "detections.json").read_text()) == []

@@ -85,9 +85,9 @@ def test_corrupt_files_are_reported_and_the_others_written(workdir, images, tiny
         x, y, bw, bh = det["bbox"]
         assert -0.01 <= x and x + bw <= w + 0.01 and -0.01 <= y and y + bh <= h + 0.01
         assert det["category_name"] == CLASSES[det["category_id"] - 1]
-    for image in out["images"]:
+    for image in out["images"]:  # the image at its own size, a legend strip below
         rendered = Image.open(workdir / "out" / image["rendered"])
-        assert (rendered.height, rendered.width) == (image["height"], image["width"])
+        assert rendered.width == image["width"] and rendered.height > image["height"]
 
 
 class FixedBoxDetector(nn.Module):
@@ -129,19 +129,24 @@ def test_no_images_and_missing_model_are_errors(workdir, images, capsys):
     assert "nope.pt: model checkpoint not found" in capsys.readouterr().err
 
 
-def test_loads_registered_model_uri(workdir, images, tiny_model, mlflow_uri, monkeypatch):
-    import mlflow
-    import mlflow.pytorch
+def test_loads_a_logged_model_by_runs_uri_without_running_its_code(workdir, images, tiny_model, mlflow_uri,
+                                                                    monkeypatch):
+    from mlflow.tracking import MlflowClient
 
-    uri = mlflow_uri
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # not mlflow.set_tracking_uri: no process-wide leftovers
-    experiment_id = mlflow.create_experiment("t", artifact_location=str(workdir / "mlruns"))
-    with mlflow.start_run(experiment_id=experiment_id):
-        mlflow.pytorch.log_model(tiny_model, name="model", serialization_format="pickle",
-                                 pip_requirements=["torch"], registered_model_name="tiny")
-    monkeypatch.delenv("MLFLOW_TRACKING_URI")  # predict must get the URI from the params
-    code = main(["predict", "--model", "models:/tiny/1", "--images", str(images / "a.png"), "--out", "o",
-                 "--set", f"mlflow.tracking_uri={uri}", *RESIZE])
+    from pipeline.serving.config import ServingConfig
+    from pipeline.serving.export import log_detector_model
+
+    client = MlflowClient(mlflow_uri)
+    experiment_id = client.create_experiment("t", artifact_location=str(workdir / "mlruns"))
+    run_id = client.create_run(experiment_id).info.run_id
+    log_detector_model({"run_id": run_id, "tracking_uri": mlflow_uri}, tiny_model, config=ServingConfig(40, 60))
+    # only the checkpoint is read: the model's code (copied into the model folder) never runs
+    monkeypatch.setattr("pipeline.serving.model.DetectorModel.load_context",
+                        lambda *a: pytest.fail("predict must not load the pyfunc model"))
+    code = main(["predict", "--model", f"runs:/{run_id}/model", "--images", str(images / "a.png"), "--out", "o",
+                 "--set", f"mlflow.tracking_uri={mlflow_uri}", *RESIZE])
     assert code == 0
     out = json.loads((workdir / "o" / "detections.json").read_text())
     assert out["categories"][1]["name"] == "square" and [i["file_name"] for i in out["images"]] == ["a.png"]
+    assert main(["predict", "--model", "models:/no-such-model/1", "--images", str(images / "a.png"), "--out", "o",
+                 "--set", f"mlflow.tracking_uri={mlflow_uri}"]) == 2

@@ -15,7 +15,7 @@ TINY = ["data.synthetic.num_train=6", "data.synthetic.num_val=3", "data.syntheti
         "data.synthetic.min_object_size=8", "data.synthetic.max_object_size=48",
         "data.resize.min_size=96", "data.resize.max_size=96"]
 OUTPUTS = ["data/prepared/train.json", "data/prepared/val.json", "reports/data.json", "reports/box_stats.json",
-           "reports/box_stats.png", "reports/anchor_fit.json", "reports/anchor_fit.png"]
+           "reports/box_stats.png", "reports/anchor_fit.json", "reports/anchor_fit.png", "reports/data_metrics.json"]
 
 
 @pytest.fixture
@@ -51,6 +51,7 @@ def test_synthetic_end_to_end_writes_every_output(workdir, capsys):
         assert ann["area"] == ann["bbox"][2] * ann["bbox"][3] and ann["iscrowd"] == 0
     fit = json.loads((workdir / "reports/anchor_fit.json").read_text())
     assert 0.0 <= fit["bpr"] <= 1.0 and fit["train"]["num_boxes"] == report["train"]["boxes"]
+    assert json.loads((workdir / "reports/data_metrics.json").read_text()) == {"anchor_bpr": fit["bpr"]}
     assert set(fit["train"]["by_size"]) == {"small", "medium", "large"}
     stats = json.loads((workdir / "reports/box_stats.json").read_text())
     assert sum(stats["train"]["width"]["counts"]) == report["train"]["boxes"]

@@ -5,7 +5,8 @@ Ray runs cost ~15-40 s each on 2 cores, so each test combines several checks:
 - ``test_stage_resume_fault_tolerance_and_mlflow``: a 1-epoch run (disjoint shards, outputs),
   then the same run name with 3 epochs (resumes at epoch 2 with the optimiser state, survives
   a worker killing itself in epoch 3), all in one MLflow run on a real ``mlflow server``,
-  whose registered model loads with ``mlflow.pytorch.load_model`` and runs.
+  whose registered pyfunc model (``models:/NAME@latest-train``, tagged with the commit, the DVC
+  experiment and the val metrics) loads with ``mlflow.pyfunc.load_model`` and detects.
 - ``test_two_node_cluster_preflight_and_non_finite_loss``: workers on two nodes of a local
   ``ray.cluster_utils.Cluster``; too many workers / GPUs fail fast; a NaN loss names the step.
 """
@@ -13,6 +14,7 @@ Ray runs cost ~15-40 s each on 2 cores, so each test combines several checks:
 from __future__ import annotations
 
 import csv
+import io
 import json
 import shutil
 import time
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from pipeline.cli import main
 
@@ -50,7 +53,8 @@ def local_ray():
 
 def test_stage_resume_fault_tolerance_and_mlflow(tmp_path, tiny_coco, tiny_params_yaml, mlflow_server, local_ray,
                                                  monkeypatch):
-    import mlflow.pytorch
+    import mlflow.pyfunc
+    import pandas as pd
     from mlflow.tracking import MlflowClient
 
     from detector import load_checkpoint
@@ -86,6 +90,7 @@ def test_stage_resume_fault_tolerance_and_mlflow(tmp_path, tiny_coco, tiny_param
     debug.mkdir()
     monkeypatch.setenv("DETPIPE_FAULT_AT_STEP", "4")  # global step 4 = first step of epoch 3
     monkeypatch.setenv("DETPIPE_FAULT_MARKER", str(tmp_path / "fault-fired"))
+    monkeypatch.setenv("DVC_EXP_NAME", "exp-tiny")  # as under `dvc exp run`
     assert main(["train", "--params", str(params), "--run-name", "run-a", "--set", "train.epochs=3",
                  "--set", "mlflow.log_model=true", "--set", "mlflow.registered_model_name=tiny-frcnn"]) == 0
     assert (tmp_path / "fault-fired").exists()
@@ -113,11 +118,17 @@ def test_stage_resume_fault_tolerance_and_mlflow(tmp_path, tiny_coco, tiny_param
     assert client.get_metric_history(run.info.run_id, "train/loss")
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"params.yaml", "train.json", "train_curve.csv", "loss_curve.png"} <= artifacts
+    version = client.get_model_version_by_alias("tiny-frcnn", "latest-train")
+    assert str(version.version) == "1" and version.run_id == run.info.run_id
+    assert version.tags["git_commit"] == run.data.tags["git_commit"] and version.tags["dvc_exp_name"] == "exp-tiny"
+    assert float(version.tags["val_AP50"]) == pytest.approx(float(rows[-1]["AP50"]), abs=1e-4)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)  # models:/ resolves through the registry
-    loaded = mlflow.pytorch.load_model("models:/tiny-frcnn/1")
-    with torch.no_grad():
-        (det,) = loaded.eval()([torch.rand(3, 64, 64)])
-    assert set(det) >= {"boxes", "scores", "labels"}
+    loaded = mlflow.pyfunc.load_model("models:/tiny-frcnn@latest-train")
+    png = io.BytesIO()
+    Image.fromarray(torch.randint(0, 255, (48, 64, 3), dtype=torch.uint8).numpy()).save(png, format="PNG")
+    (row,) = loaded.predict(pd.DataFrame({"image": [png.getvalue()]})).to_dict("records")
+    assert (row["width"], row["height"]) == (64, 48)
+    assert set(row["class_names"]) <= {"red_box", "blue_box"} and len(row["boxes"]) == len(row["scores"])
 
 
 def test_two_node_cluster_preflight_and_non_finite_loss(tmp_path, tiny_coco, tiny_params, monkeypatch):

@@ -1,0 +1,151 @@
+"""Log the servable pyfunc model into a training's MLflow run, and register it.
+
+The logged model holds:
+
+- ``artifacts/model.pt``: the weights as a ``detector`` checkpoint (``weights_only``-safe),
+- ``python_model.py``: :mod:`pipeline.serving.model_code` (models-from-code: nothing is pickled),
+- ``code/detector`` and ``code/pipeline``: the code that defines the model and its preprocessing,
+- the signature (``image`` binary column in; boxes, scores, labels, class names out; the
+  ``score_threshold`` request param), an input example, and the ``ServingConfig`` as ``model_config``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from pipeline.serving.config import CHECKPOINT_ARTIFACT, ServingConfig
+from pipeline.serving.registry import register_version
+
+__all__ = ["LoggedModel", "log_detector_model", "input_example", "signature"]
+
+# Distributions the served model imports (for `mlflow models serve` with an env manager other than local).
+REQUIREMENTS = ("torch", "torchvision", "mlflow", "pillow", "numpy", "pandas", "pyyaml", "tqdm", "pycocotools")
+
+
+class LoggedModel(dict):
+    """``{"model_uri", "registered"}``: the logged model's URI (``models:/m-...``) and the
+    :class:`ModelVersionRef` of its registry version (None when not registered)."""
+
+
+def log_detector_model(run: Mapping[str, str], model: Any, *, config: ServingConfig,
+                       registered_model_name: str | None = None, alias: str | None = None, register: bool = True,
+                       version_tags: Mapping[str, str] | None = None) -> LoggedModel:
+    """Log ``model`` (a ``detector.FasterRCNN``) as a pyfunc model named ``model`` into ``run``.
+
+    Args:
+        run: ``{"run_id", "tracking_uri"}`` of the training's MLflow run.
+        config: the :class:`ServingConfig` (the training resize, default score threshold, ...).
+        registered_model_name: register a version under this name (None: only log the model).
+        alias: registry alias moved to the new version (e.g. ``latest-train``); None: no alias.
+        register: False for a training that did not run (e.g. a finished run reused as is):
+            the model is logged but no version is created and no alias moves.
+        version_tags: tags of the new version (git commit, DVC experiment, val metrics, ...).
+    """
+    import mlflow
+    import mlflow.pyfunc
+
+    import detector
+    import pipeline
+    from pipeline.serving import model_code
+
+    with tempfile.TemporaryDirectory(prefix="detector-model-") as tmp:
+        checkpoint = Path(tmp) / "model.pt"
+        detector.save_checkpoint(checkpoint, model.cpu().eval())
+        with _tracking_uri(run["tracking_uri"]), _quiet_mlflow_logging():
+            # nested: a Tune trial may already have its own run active in this process
+            with mlflow.start_run(run_id=run["run_id"], nested=mlflow.active_run() is not None):
+                info = mlflow.pyfunc.log_model(
+                    name="model", python_model=model_code.__file__,
+                    artifacts={CHECKPOINT_ARTIFACT: str(checkpoint)},
+                    code_paths=[str(Path(detector.__file__).parent), str(Path(pipeline.__file__).parent)],
+                    signature=signature(config.score_threshold), input_example=input_example(),
+                    model_config=config.to_dict(), pip_requirements=requirements(),
+                )
+            registered = None
+            if registered_model_name and register:
+                registered = register_version(
+                    run["tracking_uri"], name=registered_model_name, model_uri=info.model_uri,
+                    model_id=info.model_id, run_id=run["run_id"], alias=alias, tags=dict(version_tags or {}))
+    return LoggedModel(model_uri=info.model_uri, registered=registered)
+
+
+def signature(score_threshold: float) -> Any:
+    """Input: an ``image`` binary column; output: one row of detections per image; param: the threshold."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
+    from mlflow.types.schema import Array
+
+    return ModelSignature(
+        inputs=Schema([ColSpec(DataType.binary, "image")]),
+        outputs=Schema([ColSpec(Array(Array(DataType.double)), "boxes"), ColSpec(Array(DataType.double), "scores"),
+                        ColSpec(Array(DataType.long), "labels"), ColSpec(Array(DataType.string), "class_names"),
+                        ColSpec(DataType.long, "width"), ColSpec(DataType.long, "height")]),
+        params=ParamSchema([ParamSpec("score_threshold", DataType.double, float(score_threshold))]),
+    )
+
+
+def input_example() -> Any:
+    """A one-row request: a small PNG (a grey square with a dark rectangle) as bytes."""
+    import pandas as pd
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (64, 48), (180, 180, 180))
+    ImageDraw.Draw(image).rectangle((16, 12, 44, 36), fill=(40, 40, 160))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return pd.DataFrame({"image": [buffer.getvalue()]})
+
+
+def requirements() -> list[str]:
+    """Pinned versions of :data:`REQUIREMENTS` as installed here (local-version suffixes like +cu130 dropped)."""
+    out = []
+    for name in REQUIREMENTS:
+        try:
+            out.append(f"{name}=={metadata.version(name).split('+')[0]}")
+        except metadata.PackageNotFoundError:
+            out.append(name)
+    return out
+
+
+@contextlib.contextmanager
+def _tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's fluent API with ``uri``, then exactly what was there before (``set_tracking_uri``
+    also exports ``MLFLOW_TRACKING_URI``, and ``get_tracking_uri()`` would turn "unset" into a default)."""
+    import mlflow
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    previous, previous_env = tracking_utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+        if previous_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous_env
+
+
+@contextlib.contextmanager
+def _quiet_mlflow_logging() -> Iterator[None]:
+    """No INFO lines ("Validating input example ...") nor artifact progress bars while logging the model."""
+    logger = logging.getLogger("mlflow")
+    level, bar = logger.level, os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    logger.setLevel(logging.WARNING)
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        if bar is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = bar
