@@ -213,6 +213,22 @@ class TuneParams:
 
 
 @dataclass
+class AnchorsParams:
+    """The ``anchors`` section: ``python -m pipeline anchors`` (``pipeline/anchor_search/``)."""
+
+    budget: int | None = None      # anchors per location; null: len(scales) x len(aspect_ratios) of model.anchors
+    per_level: bool = True         # one scale list per FPN level (sizes grow with the level); false: one shared list
+    search_boxes: int = 10000      # boxes subsampled for the search; the result is scored on all boxes
+    generations: int = 400         # evolution steps of each of the two best layouts (screening: a quarter)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _positive(self, "anchors", ["search_boxes", "generations"])
+        if self.budget is not None and self.budget < 1:
+            raise ParamsError(f"anchors.budget: {self.budget} must be >= 1 (or null: as many as model.anchors has)")
+
+
+@dataclass
 class Params:
     data: DataParams = field(default_factory=DataParams)
     model: dict[str, Any] = field(default_factory=dict)
@@ -221,6 +237,7 @@ class Params:
     mlflow: MlflowParams = field(default_factory=MlflowParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     tune: TuneParams = field(default_factory=TuneParams)
+    anchors: AnchorsParams = field(default_factory=AnchorsParams)
     # Where the params came from (not a params key): used in messages and artifacts.
     source_path: str | None = field(default=None, metadata={"internal": True})
 

@@ -164,6 +164,9 @@ def apply_best_params(best_path: str | Path, params_path: str | Path, keys: list
     best = yaml.safe_load(Path(best_path).read_text())
     rt = YAML()
     rt.preserve_quotes = True
+    rt.width = 4096  # never wrap a long line
+    rt.representer.add_representer(  # keep `null` written as such (ruamel would leave it empty)
+        type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
     doc = rt.load(Path(params_path).read_text())
     changes = []
     for key in keys:
@@ -173,6 +176,10 @@ def apply_best_params(best_path: str | Path, params_path: str | Path, keys: list
         for part in parts:
             value = value[part]
         for part in parts[:-1]:
+            if node.get(part) is None:
+                from ruamel.yaml.comments import CommentedMap
+
+                node[part] = CommentedMap()
             node = node[part]
         node[parts[-1]] = _flow(value)
         changes.append(f"{key}={json.dumps(value)}")
