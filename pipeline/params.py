@@ -188,11 +188,13 @@ class EvaluateParams:
 class TuneParams:
     """The ``tune`` section: a Ray Tune sweep (``pipeline/tuning/``). ``space`` is checked there."""
 
-    search: Literal["grid", "random"] = "grid"
-    num_samples: int = 1           # grid: repeats of the whole grid; random: number of trials
+    search: Literal["grid", "random", "optuna"] = "grid"
+    num_samples: int = 1           # grid: repeats of the whole grid; random / optuna: number of trials
     max_concurrent_trials: int = 1
-    seed: int = 0                  # random sampling seed
+    seed: int = 0                  # random / optuna sampling seed
     space: dict[str, Any] = field(default_factory=dict)
+    startup_trials: int | None = None      # optuna: random trials before TPE models; null: num_samples // 3 (2..10)
+    fitted_anchors: str = "reports/anchors.yaml"  # what `fitted` means in a model.anchors entry of space
     epochs: int = 4                # per trial; overrides train.epochs
     metric: Literal["AP50", "AP"] = "AP50"
     mode: Literal["max", "min"] = "max"
@@ -206,6 +208,8 @@ class TuneParams:
         _positive(self, "tune", ["num_samples", "max_concurrent_trials", "epochs", "grace_period"])
         if self.reduction_factor < 2:
             raise ParamsError(f"tune.reduction_factor: {self.reduction_factor} must be >= 2")
+        if self.startup_trials is not None and self.startup_trials < 1:
+            raise ParamsError(f"tune.startup_trials: {self.startup_trials} must be >= 1 (or null)")
         for name, fallback in (("workers_per_trial", "num_workers"), ("cpus_per_worker", "cpus_per_worker")):
             value = getattr(self, name)
             if value is not None and value <= 0:
