@@ -12,7 +12,7 @@ anchor of the image (:func:`pipeline.data.anchor_fit.best_anchor_iou`, what ``pr
 against the nearest-centre evaluation the search runs on (:class:`pipeline.anchor_search.geometry.BoxGrid`),
 on ``--peer-boxes`` boxes; both must agree.
 
-    python benchmarks/bench_anchors.py [--boxes 100000] [--params params.yaml] [--peer-boxes 10000]
+    python benchmarks/bench_anchors.py [--boxes 100000] [--params params.yaml] [--peer-boxes 2000]
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def main() -> int:
     parser.add_argument("--params", default=str(REPO / "params.yaml"))
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="params override, as `python -m pipeline --set`")
-    parser.add_argument("--peer-boxes", type=int, default=10_000)
+    parser.add_argument("--peer-boxes", type=int, default=2_000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
