@@ -17,7 +17,8 @@ with ``n_ratios = budget // n_scales`` (smaller layouts are subsets of these and
 
 Every layout is screened with a short evolution; the two best continue. The search runs on a
 random subsample of the boxes; the candidates (and the starting anchors) are then scored on
-all boxes, and the best wins, so the result is never worse than the starting anchors.
+all boxes, and the best wins, so the result is never worse than the starting anchors (when they fit
+the budget).
 Scales and ratios are rounded to 3 significant digits before that final scoring.
 """
 
@@ -329,7 +330,8 @@ def fit_anchors(grid: BoxGrid, start: AnchorSet, fg_iou: float, *, budget: int |
 
     grid64 = grid.astype(np.float64)
     start_score = score(grid64, start, fg_iou)
-    best, best_score = start, start_score
+    # the start competes only within the budget (a smaller budget must give fewer anchors)
+    best, best_score = (start, start_score) if start.per_location <= budget else (None, None)
     candidates = []
     for layout, genome, value, objective in states:
         anchors = layout.decode(genome, digits=3)
@@ -337,7 +339,7 @@ def fit_anchors(grid: BoxGrid, start: AnchorSet, fg_iou: float, *, budget: int |
         candidates.append({"layout": layout.name, "anchors": anchors.as_params(), "bpr": round(s.bpr, 4),
                            "mean_best_iou": round(s.mean_iou, 4),
                            "search_bpr": round(int(value) / max(1, len(objective.grid)), 4)})
-        if s.value() > best_score.value():
+        if best_score is None or s.value() > best_score.value():
             best, best_score = anchors, s
     return FitResult(start=start, start_score=start_score, fitted=best, fitted_score=best_score, budget=budget,
                      fg_iou=fg_iou, candidates=candidates, search_boxes=len(sample), evaluations=evaluations,

@@ -9,7 +9,7 @@ from pipeline.anchor_search.geometry import BoxGrid, anchor_shapes
 from pipeline.data.anchor_fit import best_anchor_iou
 
 
-def _random_images(seed: int, num_images: int = 60):
+def _random_images(seed: int, num_images: int = 30):
     rng = np.random.default_rng(seed)
     boxes, sizes = [], []
     for _ in range(num_images):
@@ -36,7 +36,7 @@ def test_equals_every_anchor_of_the_image(strides, scales, ratios):
     boxes, sizes = _random_images(seed=len(strides))
     reference = best_anchor_iou(boxes, sizes, strides, scales, ratios).numpy()  # all anchors, float32
     fast = BoxGrid.from_images(boxes, sizes, strides).best_iou(anchor_shapes(strides, scales, ratios))
-    assert len(fast) == len(reference) > 100
+    assert len(fast) == len(reference) > 40
     np.testing.assert_allclose(fast, reference, atol=1e-5)
 
 

@@ -100,6 +100,10 @@ def test_budget_and_validation():
     assert result.budget == 4 and result.fitted.per_location <= 4
     assert {c["layout"] for c in result.candidates} == {"1 scale(s) x 4 ratio(s)", "2 scale(s) x 2 ratio(s)",
                                                         "4 scale(s) x 1 ratio(s)"}
+    # a budget below the configured count: the configured anchors cannot be the answer, even if they fit best
+    start = AnchorSet.of([2.0, 4.0], [0.5, 1.0, 2.0])
+    small = fit_anchors(grid, start, 0.6, budget=2, generations=4)
+    assert small.fitted.per_location <= 2 and small.fitted != start
     with pytest.raises(ValueError, match="no boxes"):
         fit_anchors(BoxGrid.from_images([np.zeros((0, 4))], [(64, 64)], STRIDES), AnchorSet.of([4.0], [1.0]), 0.6)
 
