@@ -35,6 +35,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -325,6 +326,7 @@ def main() -> int:
             import ray
 
             ray.shutdown()
+        shutil.rmtree(work, ignore_errors=True)  # checkpoints, MLflow db, the data subset
 
     rows = []
     for mode, label in (("equal_epochs", "equal epochs"), ("equal_wall_clock", "equal wall clock")):
