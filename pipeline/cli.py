@@ -21,6 +21,7 @@ STAGES = {
     "evaluate": "COCO metrics, PR curves and pictures for the trained model on the val split.",
     "predict": "Run a trained model on arbitrary images and write detections + overlays.",
     "tune": "Ray Tune sweep over anchor scales, aspect ratios and IoU thresholds.",
+    "anchors": "Fit model.anchors (scales per FPN level, aspect ratios) to data/prepared/: reports/anchors.yaml.",
 }
 
 

@@ -198,11 +198,13 @@ class EvaluateParams:
 class TuneParams:
     """The ``tune`` section: a Ray Tune sweep (``pipeline/tuning/``). ``space`` is checked there."""
 
-    search: Literal["grid", "random"] = "grid"
-    num_samples: int = 1           # grid: repeats of the whole grid; random: number of trials
+    search: Literal["grid", "random", "optuna"] = "grid"
+    num_samples: int = 1           # grid: repeats of the whole grid; random / optuna: number of trials
     max_concurrent_trials: int = 1
-    seed: int = 0                  # random sampling seed
+    seed: int = 0                  # random / optuna sampling seed
     space: dict[str, Any] = field(default_factory=dict)
+    startup_trials: int | None = None      # optuna: random trials before TPE models; null: num_samples // 3 (2..10)
+    fitted_anchors: str = "reports/anchors.yaml"  # what `fitted` means in a model.anchors entry of space
     epochs: int = 4                # per trial; overrides train.epochs
     metric: Literal["AP50", "AP"] = "AP50"
     mode: Literal["max", "min"] = "max"
@@ -216,10 +218,28 @@ class TuneParams:
         _positive(self, "tune", ["num_samples", "max_concurrent_trials", "epochs", "grace_period"])
         if self.reduction_factor < 2:
             raise ParamsError(f"tune.reduction_factor: {self.reduction_factor} must be >= 2")
+        if self.startup_trials is not None and self.startup_trials < 1:
+            raise ParamsError(f"tune.startup_trials: {self.startup_trials} must be >= 1 (or null)")
         for name, fallback in (("workers_per_trial", "num_workers"), ("cpus_per_worker", "cpus_per_worker")):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ParamsError(f"tune.{name}: {value} must be > 0 (or null to reuse ray.{fallback})")
+
+
+@dataclass
+class AnchorsParams:
+    """The ``anchors`` section: ``python -m pipeline anchors`` (``pipeline/anchor_search/``)."""
+
+    budget: int | None = None      # anchors per location; null: len(scales) x len(aspect_ratios) of model.anchors
+    per_level: bool = True         # one scale list per FPN level (sizes grow with the level); false: one shared list
+    search_boxes: int = 10000      # boxes subsampled for the search; the result is scored on all boxes
+    generations: int = 400         # evolution steps of each of the two best layouts (screening: a quarter)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _positive(self, "anchors", ["search_boxes", "generations"])
+        if self.budget is not None and self.budget < 1:
+            raise ParamsError(f"anchors.budget: {self.budget} must be >= 1 (or null: as many as model.anchors has)")
 
 
 @dataclass
@@ -231,6 +251,7 @@ class Params:
     mlflow: MlflowParams = field(default_factory=MlflowParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     tune: TuneParams = field(default_factory=TuneParams)
+    anchors: AnchorsParams = field(default_factory=AnchorsParams)
     # Where the params came from (not a params key): used in messages and artifacts.
     source_path: str | None = field(default=None, metadata={"internal": True})
 

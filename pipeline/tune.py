@@ -1,4 +1,5 @@
-"""``python -m pipeline tune``: a Ray Tune sweep over anchors, IoU thresholds (and lr).
+"""``python -m pipeline tune``: a Ray Tune sweep over anchors, IoU thresholds (and lr): grid,
+random or Optuna (TPE) search, ASHA early stopping.
 
 Reads the ``tune`` section (the search space, ASHA, trial resources) plus what training
 reads. Not part of the default ``dvc repro``: its DVC stage lives in ``sweeps/dvc.yaml``
@@ -43,11 +44,19 @@ def run(params: Params, args: argparse.Namespace) -> int:
             return _apply(params, out_dir)
         from pipeline.tuning.space import num_trials, validate_space
 
-        dims = validate_space(params)
+        dims = validate_space(params)  # with search: optuna, also builds Optuna's distributions
         if getattr(args, "check", False):
             from pipeline.tuning.sweep import experiment_name
 
-            print(f"tune.space OK: {len(dims)} key(s), {num_trials(params, dims)} trial(s); "
+            how = params.tune.search
+            if how == "optuna":
+                from pipeline.tuning.searchers import startup_trials
+                from pipeline.tuning.space import optuna_space
+
+                kinds = ", ".join(f"{key} {type(d).__name__.replace('Distribution', '').lower()}"
+                                  for key, d in optuna_space(dims).items())
+                how = f"optuna TPE after {startup_trials(params.tune)} random trial(s): {kinds}"
+            print(f"tune.space OK: {len(dims)} key(s), {num_trials(params, dims)} trial(s) ({how}); "
                   f"experiment {experiment_name(params, data_dir)}")
             return 0
         from pipeline.training import PreflightError, TrainingError

@@ -12,6 +12,7 @@ Shapes: ``N`` ground-truth boxes, ``A`` anchors of one image (all levels).
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -61,7 +62,7 @@ def anchor_fit(boxes_per_image: Sequence[Tensor | np.ndarray], image_sizes: Sequ
                labels: Sequence[Tensor | np.ndarray] | None, strides: Sequence[int],
                scales: Sequence[float] | Sequence[Sequence[float]], aspect_ratios: Sequence[float],
                fg_iou: float, class_names: Sequence[str] | None = None,
-               best_ious: Tensor | np.ndarray | None = None) -> dict[str, Any]:
+               best_ious: Tensor | np.ndarray | None = None, suggest: bool = False) -> dict[str, Any]:
     """Best-possible-recall summary of the anchors for these boxes (see the module docstring).
 
     Args:
@@ -72,6 +73,9 @@ def anchor_fit(boxes_per_image: Sequence[Tensor | np.ndarray], image_sizes: Sequ
         fg_iou: the RPN foreground IoU threshold.
         class_names: names for labels ``1..C`` in ``by_class``.
         best_ious: ``(N,)`` from :func:`best_anchor_iou` when already computed.
+        suggest: when the BPR is below ``WARN_BELOW``, run a quick anchor search at the same budget
+            (:func:`pipeline.anchor_search.quick_fit`, ~1 s) and name its result in the warning
+            (also returned as ``suggestion``).
 
     Returns:
         ``{"bpr", "mean_best_iou", "num_boxes", "by_size", "by_shape", "by_class",
@@ -108,6 +112,12 @@ def anchor_fit(boxes_per_image: Sequence[Tensor | np.ndarray], image_sizes: Sequ
         names = list(class_names) if class_names is not None else [str(i) for i in range(1, num + 1)]
         result["by_class"] = {names[c - 1]: _summary(best, hit, lab == c) for c in range(1, num + 1)}
     result["failing"] = _failing(np.sqrt(area[~hit]), ratio[~hit], strides, scales, aspect_ratios, fg_iou)
+    if suggest and result["bpr"] is not None and result["bpr"] < WARN_BELOW:
+        from pipeline.anchor_search import quick_fit
+
+        fit = quick_fit(boxes_per_image, image_sizes, strides, scales, aspect_ratios, fg_iou)
+        result["suggestion"] = {**fit.fitted.as_params(), "bpr": round(fit.fitted_score.bpr, 4),
+                                "budget": fit.budget, "improved": fit.improved}
     result["warnings"] = _warnings(result)
     return result
 
@@ -149,12 +159,21 @@ def _warnings(result: dict[str, Any]) -> list[str]:
         "too_small": "add smaller scales to model.anchors.scales (or a lower level to model.fpn_levels)",
         "too_large": "add larger scales to model.anchors.scales",
         "elongated": "add aspect ratios like 0.25/4 to model.anchors.aspect_ratios",
-        "between_anchors": "add intermediate scales to model.anchors.scales (e.g. [6, 8, 11]) "
-                           "or lower model.rpn.iou_thresholds",
+        "between_anchors": "add intermediate scales to model.anchors.scales or lower model.rpn.iou_thresholds",
     }
     causes = [f"{n} {key.replace('_', ' ')}: {advice[key]}"
               for key, n in sorted(failing.items(), key=lambda kv: -kv[1]) if n and n >= 0.02 * total]
-    return [f"{head}. Failing boxes: " + "; ".join(causes) if causes else head]
+    text = f"{head}. Failing boxes: " + "; ".join(causes) if causes else head
+    s = result.get("suggestion")
+    if s is not None and s["improved"]:
+        text += (f". A quick anchor search at the same budget ({s['budget']} per location) reaches {s['bpr']:.1%} "
+                 f"with --set model.anchors.scales={json.dumps(s['scales'], separators=(',', ':'))} "
+                 f"--set model.anchors.aspect_ratios={json.dumps(s['aspect_ratios'], separators=(',', ':'))}; "
+                 f"`python -m pipeline anchors` runs the full search (reports/anchors.yaml)")
+    elif s is not None:
+        text += (f". A quick anchor search found nothing better at {s['budget']} anchors per location: "
+                 f"try `python -m pipeline anchors --set anchors.budget={s['budget'] + 5}`")
+    return [text]
 
 
 def _plain(scales: Any) -> Any:

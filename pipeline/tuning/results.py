@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from pipeline.params import set_dotted
-from pipeline.tuning.space import LISTED, Dimension
+from pipeline.tuning.space import LISTED, Dimension, resolve_config
 
 # Trial outcomes written to trials.csv and to the child MLflow run's `tune.status` tag.
 FINISHED, STOPPED, ERROR = "finished", "stopped_early", "error"
@@ -114,65 +114,93 @@ def write_trials_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
     return path
 
 
-def best_params(record: TrialRecord, base: dict[str, Any]) -> dict[str, Any]:
+Named = dict[str, dict[str, Any]]  # what names in a trial config stand for (space.named_values)
+
+
+def best_params(record: TrialRecord, base: dict[str, Any], named: Named | None = None) -> dict[str, Any]:
     """The winner's params in the nested shape of ``params.yaml``.
 
     The whole ``model`` section of the winning trial (so the file validates on its own
-    and merges over ``params.yaml``), plus any other swept key (e.g. ``train.lr``).
+    and merges over ``params.yaml``), plus any other swept key (e.g. ``train.lr``). Names
+    (``model.anchors: fitted``) are replaced by the sections they stand for.
     """
     model = json.loads(json.dumps(base.get("model", {})))  # deep copy of plain data
     out: dict[str, Any] = {"model": model}
-    for key, value in record.config.items():
+    for key, value in resolve_config(record.config, named).items():
         set_dotted(out, key, value)
     return out
 
 
-def set_commands(record: TrialRecord) -> list[str]:
-    """``-S key=value`` arguments of ``dvc exp run`` that reproduce the winner's swept keys."""
+def leaves(key: str, value: Any) -> list[tuple[str, Any]]:
+    """``(dotted key, value)`` of every non-section value under ``key`` (a section is expanded)."""
+    if isinstance(value, dict):
+        return [pair for k, v in value.items() for pair in leaves(f"{key}.{k}", v)]
+    return [(key, value)]
+
+
+def set_commands(record: TrialRecord, named: Named | None = None) -> list[str]:
+    """``-S key=value`` arguments of ``dvc exp run`` that reproduce the winner's swept keys
+    (a swept section, e.g. ``model.anchors``, as one argument per key inside it)."""
     args = []
-    for key, value in record.config.items():
-        text = json.dumps(value) if isinstance(value, list | tuple | dict) else yaml.safe_dump(value).split("\n")[0]
-        args.append(f"-S {shlex.quote(f'{key}={text}')}")
+    for key, value in resolve_config(record.config, named).items():
+        for leaf_key, leaf in leaves(key, value):
+            text = json.dumps(leaf) if isinstance(leaf, list | tuple) else yaml.safe_dump(leaf).split("\n")[0]
+            args.append(f"-S {shlex.quote(f'{leaf_key}={text}')}")
     return args
 
 
-def train_best_command(record: TrialRecord) -> str:
+def train_best_command(record: TrialRecord, named: Named | None = None) -> str:
     """The one-liner that trains the winner through the DVC pipeline as an experiment."""
-    return " ".join(["dvc exp run", *set_commands(record)])
+    return " ".join(["dvc exp run", *set_commands(record, named)])
 
 
 def write_best_params(record: TrialRecord, base: dict[str, Any], path: str | Path, *,
-                      metric: str, sweep_id: str) -> Path:
+                      metric: str, sweep_id: str, named: Named | None = None) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    names = [f"{key}: {value}" for key, value in record.config.items()
+             if isinstance(value, str) and value in (named or {}).get(key, {})]
     header = (
         f"# Best trial {record.trial_id} of sweep {sweep_id}: {metric} = {record.last(metric)}\n"
-        f"# Train it through DVC:   {train_best_command(record)}\n"
+        + (f"# ({', '.join(names)}: the values below)\n" if names else "")
+        + f"# Train it through DVC:   {train_best_command(record, named)}\n"
         f"# or write it into params.yaml:   python -m pipeline tune --apply\n"
     )
-    path.write_text(header + yaml.safe_dump(best_params(record, base), sort_keys=False, default_flow_style=None))
+    path.write_text(header + yaml.safe_dump(best_params(record, base, named), sort_keys=False,
+                                            default_flow_style=None, width=4096))
     return path
 
 
 def apply_best_params(best_path: str | Path, params_path: str | Path, keys: list[str]) -> list[str]:
     """Write ``keys`` (dotted) from ``best_path`` into ``params_path``, keeping its comments.
 
-    Returns the ``key=value`` changes made.
+    Returns the ``key=value`` changes made. A key naming a section (``model.anchors``) writes
+    each key inside it, so the comments on those lines stay.
     """
     from ruamel.yaml import YAML  # a DVC dependency; round-trips comments and layout
 
     best = yaml.safe_load(Path(best_path).read_text())
     rt = YAML()
     rt.preserve_quotes = True
+    rt.width = 4096  # never wrap a long line
+    rt.representer.add_representer(  # keep `null` written as such (ruamel would leave it empty)
+        type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
     doc = rt.load(Path(params_path).read_text())
     changes = []
+    expanded = []
     for key in keys:
         value: Any = best
+        for part in key.split("."):
+            value = value[part]
+        expanded += leaves(key, value)
+    for key, value in expanded:
         node = doc
         parts = key.split(".")
-        for part in parts:
-            value = value[part]
         for part in parts[:-1]:
+            if node.get(part) is None:
+                from ruamel.yaml.comments import CommentedMap
+
+                node[part] = CommentedMap()
             node = node[part]
         node[parts[-1]] = _flow(value)
         changes.append(f"{key}={json.dumps(value)}")

@@ -11,7 +11,19 @@ sampling rule each::
 
 With ``search: grid`` every ``grid`` entry is enumerated (the full factorial, repeated
 ``num_samples`` times) and the other entries are sampled per trial; with ``search: random``
-``grid`` entries are sampled like ``choice`` and ``num_samples`` is the number of trials.
+``grid`` entries are sampled like ``choice`` and ``num_samples`` is the number of trials; with
+``search: optuna`` Optuna's TPE (through Ray Tune's ``OptunaSearch``) proposes ``num_samples``
+trials from the results so far, ``grid`` entries being categorical like ``choice``.
+
+Whole anchor sets are one key, ``model.anchors``, whose values are anchor sections or the
+names ``default`` (the params' own ``model.anchors``) and ``fitted`` (the section of
+``tune.fitted_anchors``, which ``python -m pipeline anchors`` writes)::
+
+    model.anchors: {choice: [default, fitted, {scales: [4], aspect_ratios: [0.5, 1.0, 2.0]}]}
+    model.rpn.iou_thresholds: {choice: [[0.3, 0.7], [0.3, 0.6], [0.4, 0.5]]}   # retuned with them
+
+Trials, ``trials.csv`` and MLflow show the names; ``best_params.yaml`` and the ``dvc exp run``
+line hold the anchor values they stand for.
 
 Every value a trial can get is checked before any trial starts: each listed value and
 both bounds of each distribution are applied to the params and validated by the real
@@ -23,8 +35,10 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pipeline.params import Params, ParamsError, params_from_dict, set_dotted
@@ -35,6 +49,9 @@ LISTED = ("grid", "choice")
 _SWEEPABLE_SECTIONS = ("model.", "train.", "data.resize.")
 _FIXED_KEYS = {"train.epochs": "use tune.epochs (ASHA needs one epoch budget for all trials)"}
 _MAX_COMBINATIONS = 4096
+# Keys whose value is a whole params section; their values may be names (see the module docstring).
+SECTION_KEYS = ("model.anchors",)
+NAMED_ANCHORS = ("default", "fitted")
 
 
 @dataclass(frozen=True)
@@ -60,6 +77,20 @@ class Dimension:
         low, high = self.values
         return [low, high - 1] if self.kind == "randint" else [low, high]
 
+    def tokens(self, search: str) -> list[Any]:
+        """What Ray Tune samples for a listed entry: the values, except that sections (dicts) are
+        JSON text and, for Optuna (whose categories are scalars), so are lists."""
+        return [json.dumps(v) if isinstance(v, dict) or (search == "optuna" and isinstance(v, list)) else v
+                for v in self.values]
+
+    def decode(self, token: Any, search: str) -> Any:
+        """The value a sampled ``token`` stands for (names such as ``fitted`` stay names)."""
+        if self.kind in LISTED:
+            tokens = self.tokens(search)
+            if token in tokens:
+                return copy.deepcopy(self.values[tokens.index(token)])
+        return token
+
 
 def parse_space(space: dict[str, Any]) -> list[Dimension]:
     """Check the shape of ``tune.space`` and return one :class:`Dimension` per entry.
@@ -78,6 +109,10 @@ def parse_space(space: dict[str, Any]) -> list[Dimension]:
                               f"can be swept")
         if key in _FIXED_KEYS:
             raise ParamsError(f"{where}: cannot be swept, {_FIXED_KEYS[key]}")
+        inside = [other for other in space if isinstance(other, str) and other.startswith(f"{key}.")]
+        if inside:
+            raise ParamsError(f"{where}: sweeps the whole section, so {inside[0]} cannot be swept too; "
+                              f"list complete sections in {key} instead")
         if not isinstance(rule, dict) or len(rule) != 1:
             raise ParamsError(f"{where}: expected one rule like {{grid: [...]}}, one of {', '.join(KINDS)}; got {rule!r}")
         ((kind, values),) = rule.items()
@@ -87,8 +122,69 @@ def parse_space(space: dict[str, Any]) -> list[Dimension]:
             raise ParamsError(f"{where}: {kind} needs a non-empty list, got {values!r}")
         if kind not in LISTED:
             _check_bounds(where, kind, values)
+        for i, value in enumerate(values):
+            if key in SECTION_KEYS and kind in LISTED and not (isinstance(value, dict) or value in NAMED_ANCHORS):
+                raise ParamsError(f"{where}: {kind} value {i} ({value!r}) must be an anchors section like "
+                                  f"{{scales: [4], aspect_ratios: [0.5, 1.0, 2.0]}} or one of {', '.join(NAMED_ANCHORS)}")
+            if key not in SECTION_KEYS and value in NAMED_ANCHORS and key.startswith("model.anchors."):
+                raise ParamsError(f"{where}: {kind} value {i} ({value!r}) names a whole anchor set: "
+                                  f"sweep model.anchors instead of {key}")
+        if key in SECTION_KEYS and kind not in LISTED:
+            raise ParamsError(f"{where}: a section is swept with grid or choice, not {kind}")
         dims.append(Dimension(key, kind, tuple(values)))
     return dims
+
+
+def named_values(params: Params, dims: list[Dimension]) -> dict[str, dict[str, Any]]:
+    """What the names in ``dims`` stand for: ``{"model.anchors": {"default": {...}, "fitted": {...}}}``.
+
+    ``default`` is the params' own (validated) ``model.anchors``; ``fitted`` is read from
+    ``tune.fitted_anchors`` and only when the space uses it.
+
+    Raises:
+        ParamsError: ``fitted`` is used but the file is missing or has no ``model.anchors``.
+    """
+    used = {value for dim in dims if dim.key in SECTION_KEYS for value in dim.values if isinstance(value, str)}
+    if not used:
+        return {}
+    named: dict[str, Any] = {}
+    if "default" in used:
+        named["default"] = params.detector_config(num_classes=1).anchors.to_dict()
+    if "fitted" in used:
+        named["fitted"] = _fitted_anchors(Path(params.tune.fitted_anchors))
+    return {"model.anchors": named}
+
+
+def _fitted_anchors(path: Path) -> dict[str, Any]:
+    where = "tune.space.model.anchors: 'fitted'"
+    if not path.is_file():
+        raise ParamsError(f"{where} reads {path} (tune.fitted_anchors), which does not exist: run "
+                          f"`python -m pipeline anchors` (or `dvc repro sweeps/dvc.yaml:anchors`) first")
+    import yaml
+
+    try:
+        section = (yaml.safe_load(path.read_text()) or {}).get("model", {}).get("anchors")
+    except (yaml.YAMLError, AttributeError) as err:
+        raise ParamsError(f"{where}: {path} is not a params-shaped YAML file ({err})") from err
+    if not isinstance(section, dict):
+        raise ParamsError(f"{where}: {path} has no model.anchors section; rerun `python -m pipeline anchors`")
+    return section
+
+
+def resolve_config(config: dict[str, Any], named: dict[str, dict[str, Any]] | None) -> dict[str, Any]:
+    """``config`` (dotted keys -> sampled values) with names replaced by the sections they stand for."""
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, str) and value in (named or {}).get(key, {}):
+            value = named[key][value]  # type: ignore[index]
+        out[key] = copy.deepcopy(value)
+    return out
+
+
+def decode_config(dims: list[Dimension], config: dict[str, Any], search: str) -> dict[str, Any]:
+    """A Tune trial config (tokens, see :meth:`Dimension.tokens`) back as params values (names kept)."""
+    by_key = {dim.key: dim for dim in dims}
+    return {key: by_key[key].decode(value, search) if key in by_key else value for key, value in config.items()}
 
 
 def _check_bounds(where: str, kind: str, values: list[Any]) -> None:
@@ -131,22 +227,42 @@ def validate_space(params: Params, dims: list[Dimension] | None = None) -> list[
         ParamsError: naming the ``tune.space`` entry and the offending value.
     """
     dims = parse_space(params.tune.space) if dims is None else dims
+    named = named_values(params, dims)
     base = params.to_dict()
     for dim in dims:
         for i, value in enumerate(dim.candidates()):
             what = f"{dim.kind} value {i} ({value!r})" if dim.kind in LISTED else f"{dim.kind} bound {value!r}"
-            _check_config(params, base, {dim.key: value}, f"{dim.where}: {what}")
+            _check_config(params, base, {dim.key: value}, f"{dim.where}: {what}", named)
     sizes = [len(dim.candidates()) for dim in dims]
     if 1 < len(dims) and math.prod(sizes) <= _MAX_COMBINATIONS:
         for combo in itertools.product(*(dim.candidates() for dim in dims)):
             config = {dim.key: value for dim, value in zip(dims, combo)}
-            _check_config(params, base, config, f"tune.space: the combination {config}")
+            _check_config(params, base, config, f"tune.space: the combination {config}", named)
+    if params.tune.search == "optuna":
+        optuna_space(dims)
     return dims
 
 
-def _check_config(params: Params, base: dict[str, Any], config: dict[str, Any], where: str) -> None:
+def optuna_space(dims: list[Dimension]) -> dict[str, Any]:
+    """The Optuna distributions Ray Tune's ``OptunaSearch`` will sample (``--check`` builds them).
+
+    Raises:
+        ParamsError: Optuna (``pip install optuna``) is missing or cannot take the space.
+    """
     try:
-        trial = trial_params(base, config, epochs=params.tune.epochs)
+        from ray.tune.search.optuna import OptunaSearch
+
+        return OptunaSearch.convert_search_space(to_tune_space(dims, "optuna"))
+    except (ImportError, AssertionError) as err:
+        raise ParamsError(f"tune.search: optuna needs the optuna package (`pip install optuna`): {err}") from err
+    except ValueError as err:
+        raise ParamsError(f"tune.space: Optuna cannot sample this space: {err}") from err
+
+
+def _check_config(params: Params, base: dict[str, Any], config: dict[str, Any], where: str,
+                  named: dict[str, dict[str, Any]] | None = None) -> None:
+    try:
+        trial = trial_params(base, resolve_config(config, named), epochs=params.tune.epochs)
         trial.source_path = params.source_path
         trial.detector_config(num_classes=1)
     except ParamsError as err:
@@ -162,12 +278,12 @@ def num_trials(params: Params, dims: list[Dimension]) -> int:
 
 
 def to_tune_space(dims: list[Dimension], search: str) -> dict[str, Any]:
-    """Ray Tune's ``param_space`` (keys are the dotted params keys)."""
+    """Ray Tune's ``param_space`` (keys are the dotted params keys; listed values as :meth:`Dimension.tokens`)."""
     from ray import tune
 
     space: dict[str, Any] = {}
     for dim in dims:
-        values = list(dim.values)
+        values = dim.tokens(search) if dim.kind in LISTED else list(dim.values)
         if dim.kind == "grid" and search == "grid":
             space[dim.key] = tune.grid_search(values)
         elif dim.kind in LISTED:

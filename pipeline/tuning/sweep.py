@@ -19,7 +19,15 @@ from typing import Any
 
 from pipeline.params import Params
 from pipeline.tuning import results as res
-from pipeline.tuning.space import Dimension, num_trials, to_tune_space, validate_space
+from pipeline.tuning.space import (
+    Dimension,
+    decode_config,
+    named_values,
+    num_trials,
+    parse_space,
+    to_tune_space,
+    validate_space,
+)
 from pipeline.tuning.trial import TRIAL_RESOURCES, TrialSpec, run_trial
 
 __all__ = ["SweepOutcome", "experiment_name", "run_sweep", "trial_base"]
@@ -79,6 +87,7 @@ def experiment_name(params: Params, data_dir: str | Path) -> str:
     keyed = {"model": base["model"], "train": base["train"], "resize": base["data"]["resize"],
              "validation": [base["evaluate"][k] for k in ("batch_size", "score_threshold")], "workers": [base["ray"][k] for k in ("num_workers", "use_gpu")],
              "tune": tune}
+    keyed["named"] = named_values(params, parse_space(params.tune.space))  # what `fitted` stands for now
     h = hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode())
     for split in ("train.json", "val.json"):
         path = Path(data_dir) / split
@@ -131,7 +140,8 @@ def run_sweep(params: Params, *, data_dir: str | Path = "data/prepared", out_dir
             params={"tune": params.to_dict()["tune"], "data_dir": str(data_dir)},
         )
         spec = TrialSpec(base=trial_base(params), data_dir=str(data_dir), train_storage=f"{experiment_path}/train",
-                         parent_run_id=parent["run_id"], metric=t.metric, sweep_id=sweep_id, root=str(root))
+                         parent_run_id=parent["run_id"], metric=t.metric, sweep_id=sweep_id, root=str(root),
+                         dims=tuple(dims), search=t.search, named=named_values(params, dims))
         trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), TRIAL_RESOURCES)
         if resumed:
             log(f"resuming sweep {sweep_id} from {experiment_path} (MLflow run {parent['run_id']})")
@@ -164,9 +174,9 @@ def run_sweep(params: Params, *, data_dir: str | Path = "data/prepared", out_dir
 def _new_tuner(params: Params, dims: list[Dimension], trainable: Any, tune_storage: str, sweep_id: str) -> Any:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search import BasicVariantGenerator
 
     from pipeline.tuning.callbacks import InterruptAfter
+    from pipeline.tuning.searchers import build_search_alg
 
     t = params.tune
     scheduler = ASHAScheduler(time_attr="epoch", metric=t.metric, mode=t.mode, max_t=t.epochs,
@@ -175,9 +185,7 @@ def _new_tuner(params: Params, dims: list[Dimension], trainable: Any, tune_stora
         trainable,
         param_space=to_tune_space(dims, t.search),
         tune_config=tune.TuneConfig(
-            # max_concurrent_trials is ignored when a BasicVariantGenerator is passed: limit it here
-            search_alg=BasicVariantGenerator(random_state=t.seed, max_concurrent=t.max_concurrent_trials),
-            scheduler=scheduler, num_samples=t.num_samples,
+            search_alg=build_search_alg(t), scheduler=scheduler, num_samples=t.num_samples,
             trial_dirname_creator=_trial_dirname,
         ),
         run_config=tune.RunConfig(name=sweep_id, storage_path=tune_storage, verbose=1,
@@ -207,7 +215,7 @@ def _finish(params: Params, dims: list[Dimension], grid: Any, parent: dict[str, 
     from pipeline.tuning import tracking
 
     t = params.tune
-    records = [_record(result, t.epochs) for result in grid]
+    records = [_record(result, t.epochs, dims, t.search) for result in grid]
     records.sort(key=lambda r: r.trial_id)
     best = None
     try:
@@ -216,14 +224,15 @@ def _finish(params: Params, dims: list[Dimension], grid: Any, parent: dict[str, 
         pass
     tracking.close_child_runs(parent["tracking_uri"], parent["run_id"], records, best)
     base = params.to_dict()
+    named = named_values(params, dims)
     out_dir.mkdir(parents=True, exist_ok=True)
     outputs = {"trials_csv": res.write_trials_csv(res.trials_table(records, dims, METRICS, best), out_dir / TRIALS_CSV),
                "plot": res.plot_trials(records, dims, t.metric, out_dir / PLOT, best)}
     command = None
     if best is not None:
         outputs["best_params"] = res.write_best_params(best, base, out_dir / BEST_PARAMS, metric=t.metric,
-                                                       sweep_id=sweep_id)
-        command = res.train_best_command(best)
+                                                       sweep_id=sweep_id, named=named)
+        command = res.train_best_command(best, named)
     summary = {"trials": len(records), "finished": sum(r.status == res.FINISHED for r in records),
                "stopped_early": sum(r.status == res.STOPPED for r in records),
                "errors": sum(r.status == res.ERROR for r in records), "train_best_command": command or "",
@@ -234,8 +243,9 @@ def _finish(params: Params, dims: list[Dimension], grid: Any, parent: dict[str, 
                         outputs=outputs, mlflow_run_id=parent["run_id"], train_command=command)
 
 
-def _record(result: Any, epochs: int) -> res.TrialRecord:
-    """A Tune ``Result`` as a :class:`TrialRecord`: one history row per epoch (the latest report wins)."""
+def _record(result: Any, epochs: int, dims: list[Dimension], search: str) -> res.TrialRecord:
+    """A Tune ``Result`` as a :class:`TrialRecord`: one history row per epoch (the latest report wins),
+    its config as params values (:func:`~pipeline.tuning.space.decode_config`)."""
     trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
     rows: dict[int, dict[str, Any]] = {}
     frame = result.metrics_dataframe
@@ -245,7 +255,8 @@ def _record(result: Any, epochs: int) -> res.TrialRecord:
                     and v is not None and v == v}  # v == v drops NaN
             if "epoch" in keep:
                 rows[int(keep["epoch"])] = {**rows.get(int(keep["epoch"]), {}), **keep}
-    record = res.TrialRecord(trial_id, dict(result.config or {}), [rows[e] for e in sorted(rows)])
+    config = decode_config(dims, dict(result.config or {}), search)
+    record = res.TrialRecord(trial_id, config, [rows[e] for e in sorted(rows)])
     record.status = res.trial_status(record, epochs, errored=result.error is not None)
     return record
 

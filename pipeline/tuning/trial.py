@@ -11,12 +11,12 @@ its DDP workers reserve theirs.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipeline.params import Params
-from pipeline.tuning.space import trial_params
+from pipeline.tuning.space import Dimension, decode_config, resolve_config, trial_params
 
 # What each trial reserves for itself: {"cpu": 0} alone is rejected by Tune.
 TRIAL_RESOURCES = {"cpu": 0, "memory": 1 << 20}
@@ -37,6 +37,9 @@ class TrialSpec:
     metric: str
     sweep_id: str
     root: str
+    dims: tuple[Dimension, ...] = ()   # to decode Tune's tokens (Optuna samples lists as JSON text)
+    search: str = "grid"
+    named: dict[str, dict[str, Any]] = field(default_factory=dict)  # {"model.anchors": {"fitted": {...}}}
 
 
 def anchor_report(params: Params, data_dir: str | Path) -> dict[str, float]:
@@ -63,10 +66,11 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     from pipeline.training import fit
 
     trial_id = tune.get_context().get_trial_id()
-    params = trial_params(spec.base, config)
+    values = decode_config(list(spec.dims), config, spec.search)
+    params = trial_params(spec.base, resolve_config(values, spec.named))
     tune.report({"epoch": 0, **anchor_report(params, spec.data_dir)})
     tags = {"tune.trial_id": trial_id, "tune.sweep_id": spec.sweep_id,
-            "tune.config": json.dumps(config, sort_keys=True, default=str)}
+            "tune.config": json.dumps(values, sort_keys=True, default=str)}
     result = fit(params, run_name=trial_id, storage_path=spec.train_storage, callbacks=[TuneReportCallback()],
                  mlflow_parent_run_id=spec.parent_run_id, data_dir=spec.data_dir, tags=tags, root=spec.root)
     if not any(spec.metric in row for row in result.history):

@@ -1,8 +1,10 @@
-"""The tune stage end to end (pipeline/tune.py, pipeline/tuning/sweep.py): a tiny real sweep.
+"""The tune stage end to end (pipeline/tune.py, pipeline/tuning/sweep.py): tiny real sweeps.
 
-One Ray session runs a 4-trial, 2-epoch ASHA sweep on the tiny dataset, interrupted (like
-Ctrl+C) after 2 trials and resumed by rerunning the same command: completed trials are not
-redone, the MLflow runs nest under one parent, and ``best_params.yaml`` validates.
+One Ray session (for the module) runs a 4-trial, 2-epoch ASHA grid sweep on the tiny dataset,
+interrupted (like Ctrl+C) after 2 trials and resumed by rerunning the same command: completed
+trials are not redone, the MLflow runs nest under one parent, and ``best_params.yaml`` validates.
+Then a 2-trial, 1-epoch Optuna (TPE) sweep over the default vs the fitted anchors and the RPN
+IoU thresholds: Optuna is told every trial's AP, and the winner's names resolve to anchor values.
 """
 
 from __future__ import annotations
@@ -27,13 +29,20 @@ TINY_SWEEP = [
 ]
 
 
+OPTUNA_SWEEP = [
+    "tune.search=optuna", "tune.epochs=1", "tune.num_samples=2",
+    "tune.space={model.anchors: {choice: [default, fitted]}, "
+    "model.rpn.iou_thresholds: {choice: [[0.3, 0.7], [0.4, 0.5]]}, model.roi.iou_threshold: {uniform: [0.4, 0.6]}}",
+]
+
+
 def _tiny_sweep_params(tmp_path, tiny_params_yaml, *extra):
     storage = tmp_path / "ray"
     return tiny_params_yaml([*TINY_SWEEP, f"ray.storage_path={storage}",
                              f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", *extra])
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def local_ray():
     """A new local Ray for the test, set up like ``driver.ensure_ray(None)`` but with
     ``address="local"``: a plain ``ray.init()`` attaches to the cluster named in
@@ -69,12 +78,24 @@ def test_bad_space_fails_before_any_trial(tmp_path, params_file, capsys):
     assert not (tmp_path / "ray").exists()  # nothing started
 
 
+def test_check_optuna_space(tmp_path, params_file, capsys):
+    (tmp_path / "anchors.yaml").write_text("model:\n  anchors: {scales: [3], aspect_ratios: [0.5, 2.0]}\n")
+    path = params_file(*OPTUNA_SWEEP, f"tune.fitted_anchors={tmp_path / 'anchors.yaml'}", "tune.num_samples=9")
+    assert main(["tune", "--params", str(path), "--check", "--data-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert ("tune.space OK: 3 key(s), 9 trial(s) (optuna TPE after 3 random trial(s): model.anchors categorical, "
+            "model.rpn.iou_thresholds categorical, model.roi.iou_threshold float)") in out
+    (tmp_path / "anchors.yaml").unlink()  # `fitted` without the anchors report: an error before anything starts
+    assert main(["tune", "--params", str(path), "--check", "--data-dir", str(tmp_path)]) == 2
+    assert "run `python -m pipeline anchors`" in capsys.readouterr().err
+
+
 def test_check_and_apply(tmp_path, params_file, capsys):
     from pipeline.tuning.results import TrialRecord, write_best_params
 
     path = params_file()
     assert main(["tune", "--params", str(path), "--check", "--data-dir", str(tmp_path)]) == 0
-    assert "tune.space OK: 3 key(s), 4 trial(s); experiment sweep-" in capsys.readouterr().out
+    assert "tune.space OK: 3 key(s), 4 trial(s) (grid); experiment sweep-" in capsys.readouterr().out
     out = tmp_path / "reports"
     assert main(["tune", "--params", str(path), "--apply", "--out-dir", str(out)]) == 1  # no sweep yet
     winner = TrialRecord("t1", {"model.anchors.aspect_ratios": [0.25, 1.0, 4.0], "model.anchors.scales": [4],
@@ -144,3 +165,45 @@ def test_tiny_sweep_interrupted_then_resumed(tmp_path, tiny_coco, params_file, m
         assert "anchor_bpr" in child.data.metrics
     assert sum(c.data.tags["tune.best"] == "true" for c in children) == 1
     assert parent.data.tags["tune.best_trial_id"] == second.best.trial_id
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_tiny_optuna_sweep_with_fitted_anchors(tmp_path, tiny_coco, params_file, local_ray):
+    import pickle
+
+    from pipeline.tuning.sweep import run_sweep
+
+    # the anchors stage writes what `fitted` means
+    path = params_file(*OPTUNA_SWEEP, f"tune.fitted_anchors={tmp_path / 'reports' / 'anchors.yaml'}",
+                       "anchors.generations=20")
+    assert main(["anchors", "--params", str(path), "--data-dir", str(tiny_coco),
+                 "--out-dir", str(tmp_path / "reports")]) == 0
+    fitted = yaml.safe_load((tmp_path / "reports" / "anchors.yaml").read_text())["model"]["anchors"]
+    params = load_params(path)
+    out = tmp_path / "reports" / "tune"
+    outcome = run_sweep(params, data_dir=tiny_coco, out_dir=out, root=tmp_path)
+    assert outcome.complete and len(outcome.records) == 2
+    for r in outcome.records:  # Tune's tokens decoded: names for anchor sets, lists for the thresholds
+        assert r.config["model.anchors"] in ("default", "fitted")
+        assert r.config["model.rpn.iou_thresholds"] in ([0.3, 0.7], [0.4, 0.5])
+        assert r.last("AP50") is not None and 0.0 <= r.history[0]["anchor_bpr"] <= 1.0
+
+    # Optuna (the searcher Tune saved) was told each trial's final AP50
+    (state,) = Path(outcome.experiment_path).glob("searcher-state-*.pkl")
+    with state.open("rb") as f:
+        searcher = pickle.load(f)
+    study = searcher["searcher"]._ot_study if "searcher" in searcher else searcher["_ot_study"]
+    told = sorted(t.value for t in study.trials if t.value is not None)
+    assert told == sorted(r.last("AP50") for r in outcome.records)
+
+    best = yaml.safe_load((out / "best_params.yaml").read_text())
+    from detector import DetectorConfig
+
+    config = DetectorConfig.from_dict(best["model"], num_classes=2)
+    expected = fitted if outcome.best.config["model.anchors"] == "fitted" else params.model["anchors"]
+    assert best["model"]["anchors"] == expected and config.rpn.iou_thresholds == \
+        outcome.best.config["model.rpn.iou_thresholds"]
+    assert "-S 'model.anchors.scales=" in outcome.train_command
+    rows = list(csv.DictReader((out / "trials.csv").open()))
+    assert sorted(row["model.anchors"] for row in rows) == sorted(r.config["model.anchors"] for r in outcome.records)

@@ -117,3 +117,35 @@ def test_plot_writes_png(tmp_path, records):
     dims = parse_space({**SPACE, "model.roi.iou_threshold": {"uniform": [0.4, 0.6]}})
     path = plot_trials(records, dims, "AP50", tmp_path / "ap.png", best=records[1])
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_named_anchor_set_expands_in_best_params_command_and_apply(tmp_path):
+    fitted = {"scales": [[3.0, 4.5], [3.5, 4.5], [2.5, 3.0]], "aspect_ratios": [0.3, 1.0, 3.0]}
+    named = {"model.anchors": {"fitted": fitted, "default": {"scales": [2.0, 4.0], "aspect_ratios": [1.0]}}}
+    winner = TrialRecord("t7", {"model.anchors": "fitted", "model.rpn.iou_thresholds": [0.4, 0.5]},
+                         [{"epoch": 1, "AP50": 0.7}])
+    params_path = tmp_path / "params.yaml"
+    params_path.write_text((REPO / "params.yaml").read_text())
+    before = params_path.read_text().splitlines()
+    base = load_params(params_path).to_dict()
+
+    best_path = write_best_params(winner, base, tmp_path / "best.yaml", metric="AP50", sweep_id="s", named=named)
+    text = best_path.read_text()
+    assert "# (model.anchors: fitted: the values below)" in text
+    best = yaml.safe_load(text)
+    assert best["model"]["anchors"] == fitted and best["model"]["rpn"]["iou_thresholds"] == [0.4, 0.5]
+
+    argv = shlex.split(train_best_command(winner, named))
+    sets = [argv[i + 1] for i, a in enumerate(argv) if a == "-S"]
+    assert sets == ["model.anchors.scales=[[3.0, 4.5], [3.5, 4.5], [2.5, 3.0]]",
+                    "model.anchors.aspect_ratios=[0.3, 1.0, 3.0]", "model.rpn.iou_thresholds=[0.4, 0.5]"]
+
+    changes = apply_best_params(best_path, params_path, list(winner.config))
+    assert [c.split("=")[0] for c in changes] == ["model.anchors.scales", "model.anchors.aspect_ratios",
+                                                  "model.rpn.iou_thresholds"]
+    after = params_path.read_text().splitlines()
+    assert len(after) == len(before)
+    assert [b.split(":")[0].strip() for a, b in zip(before, after) if a != b] == [
+        "scales", "aspect_ratios", "iou_thresholds"]  # every other line, comments included, unchanged
+    params = load_params(params_path)
+    assert params.model["anchors"] == fitted and params.model["rpn"]["iou_thresholds"] == [0.4, 0.5]

@@ -6,7 +6,16 @@ import pytest
 import yaml
 
 from pipeline.params import ParamsError, load_params
-from pipeline.tuning.space import num_trials, parse_space, to_tune_space, trial_params, validate_space
+from pipeline.tuning.space import (
+    decode_config,
+    num_trials,
+    optuna_space,
+    parse_space,
+    resolve_config,
+    to_tune_space,
+    trial_params,
+    validate_space,
+)
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -96,9 +105,87 @@ def test_grid_and_random_expansion(tmp_path):
 def test_bad_tune_section_names_the_key(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump({"tune": {"search": "bayes"}}))
-    with pytest.raises(ParamsError, match="tune.search: expected one of 'grid', 'random', got 'bayes'"):
+    with pytest.raises(ParamsError, match="tune.search: expected one of 'grid', 'random', 'optuna', got 'bayes'"):
         load_params(path)
     path.write_text(yaml.safe_dump({"tune": {"reduction_factor": 1}}))
     with pytest.raises(ParamsError, match="tune.reduction_factor: 1 must be >= 2"):
         load_params(path)
     assert parse_space({}) == []
+
+
+def test_optuna_space_encodes_lists_and_decodes_them(tmp_path):
+    import optuna.distributions as od
+    from ray.tune.search.sample import Categorical
+
+    space = {"model.anchors.scales": {"grid": [[4], [4, 8]]},
+             "model.rpn.iou_thresholds": {"choice": [[0.3, 0.7], [0.3, 0.6]]},
+             "model.roi.iou_threshold": {"uniform": [0.4, 0.6]}, "train.lr": {"loguniform": [0.005, 0.05]},
+             "train.batch_size": {"choice": [2, 4]}}
+    params = _params(tmp_path, space, search="optuna", num_samples=7)
+    dims = validate_space(params)
+    assert num_trials(params, dims) == 7
+    tune_space = to_tune_space(dims, "optuna")
+    assert isinstance(tune_space["model.anchors.scales"], Categorical)  # grid: categorical, not enumerated
+    assert tune_space["model.anchors.scales"].categories == ["[4]", "[4, 8]"]
+    assert tune_space["train.batch_size"].categories == [2, 4]  # scalars stay as they are
+    dists = optuna_space(dims)
+    assert dists["model.rpn.iou_thresholds"] == od.CategoricalDistribution(["[0.3, 0.7]", "[0.3, 0.6]"])
+    assert dists["model.roi.iou_threshold"] == od.FloatDistribution(0.4, 0.6)
+    assert dists["train.lr"] == od.FloatDistribution(0.005, 0.05, log=True)
+    sampled = {"model.anchors.scales": "[4, 8]", "model.rpn.iou_thresholds": "[0.3, 0.6]",
+               "model.roi.iou_threshold": 0.45, "train.lr": 0.01, "train.batch_size": 4}
+    values = decode_config(dims, sampled, "optuna")
+    assert values == {"model.anchors.scales": [4, 8], "model.rpn.iou_thresholds": [0.3, 0.6],
+                      "model.roi.iou_threshold": 0.45, "train.lr": 0.01, "train.batch_size": 4}
+    # grid/random sample the lists themselves; decoding is the identity there
+    assert decode_config(dims, values, "random") == values
+    assert to_tune_space(dims, "random")["model.rpn.iou_thresholds"].categories == [[0.3, 0.7], [0.3, 0.6]]
+
+
+def test_named_anchor_sets_default_and_fitted(tmp_path):
+    fitted = {"scales": [[3.0, 4.5], [3.5, 4.5], [2.5, 3.0]], "aspect_ratios": [0.3, 1.0, 3.0]}
+    report = tmp_path / "anchors.yaml"
+    report.write_text("# fitted\n" + yaml.safe_dump({"model": {"anchors": fitted}}))
+    explicit = {"scales": [8], "aspect_ratios": [0.5, 1.0, 2.0]}
+    space = {"model.anchors": {"choice": ["default", "fitted", explicit]},
+             "model.rpn.iou_thresholds": {"choice": [[0.3, 0.7], [0.4, 0.5]]}}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"model": {"anchors": {"scales": [2, 4], "aspect_ratios": [0.5, 2.0]}},
+                                    "tune": {"space": space, "search": "optuna", "fitted_anchors": str(report)}}))
+    params = load_params(path)
+    dims = validate_space(params)
+    from pipeline.tuning.space import named_values
+
+    named = named_values(params, dims)
+    assert named == {"model.anchors": {"default": {"scales": [2.0, 4.0], "aspect_ratios": [0.5, 2.0]},
+                                       "fitted": fitted}}
+    tokens = to_tune_space(dims, "optuna")["model.anchors"].categories
+    assert tokens[:2] == ["default", "fitted"] and yaml.safe_load(tokens[2]) == explicit  # JSON text
+    for token, section in zip(tokens, [named["model.anchors"]["default"], fitted, explicit]):
+        values = decode_config(dims, {"model.anchors": token}, "optuna")
+        assert values["model.anchors"] == (token if token in ("default", "fitted") else explicit)  # names stay
+        trial = trial_params(params.to_dict(), resolve_config(values, named))
+        assert trial.detector_config(num_classes=1).anchors.to_dict() == {
+            "scales": section["scales"], "aspect_ratios": section["aspect_ratios"]}
+
+    report.unlink()
+    with pytest.raises(ParamsError, match="'fitted' reads .*anchors.yaml .*does not exist: run `python -m pipeline anchors`"):
+        validate_space(params)
+
+
+@pytest.mark.parametrize(
+    ("space", "message"),
+    [
+        ({"model.anchors": {"choice": ["default"]}, "model.anchors.scales": {"grid": [[4]]}},
+         r"tune.space.model.anchors: sweeps the whole section, so model.anchors.scales cannot be swept too"),
+        ({"model.anchors": {"choice": ["best"]}},
+         r"tune.space.model.anchors: choice value 0 \('best'\) must be an anchors section .* or one of default, fitted"),
+        ({"model.anchors": {"choice": [{"scales": [4], "aspect_ratio": [1.0]}]}},
+         r"tune.space.model.anchors: choice value 0 .*model.anchors.aspect_ratio: unknown key"),
+        ({"model.anchors.scales": {"choice": ["fitted"]}},
+         r"tune.space.model.anchors.scales: choice value 0 \('fitted'\) names a whole anchor set"),
+    ],
+)
+def test_bad_anchor_sections_name_the_entry(tmp_path, space, message):
+    with pytest.raises(ParamsError, match=message):
+        validate_space(_params(tmp_path, space))
