@@ -80,6 +80,7 @@ class DataParams:
     seed: int = 0
     val_fraction: float = 0.2
     on_invalid_box: Literal["error", "clip", "drop"] = "error"
+    verify_images: Literal["header", "decode"] = "header"  # header: size, format, truncation; decode: every pixel
     classes: list[str] | None = None
     synthetic: SyntheticParams = field(default_factory=SyntheticParams)
     coco: CocoParams = field(default_factory=CocoParams)

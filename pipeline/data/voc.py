@@ -14,10 +14,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from pipeline.data.errors import AnnotationError, DataError
-from pipeline.data.records import Box, ImageRecord, Split
+from pipeline.data.records import BoxColumns, Images, Split
 from pipeline.data.validate import Policy, check_box, safe_relative_path
 
 
@@ -77,11 +78,8 @@ def read_voc(root: str | Path, policy: Policy, counts: dict[str, Counter], seed:
     splits = []
     image_id, box_id = 1, 1
     for name, images in parsed.items():
-        records = []
-        for image in images:
-            record = ImageRecord(id=image_id, file_name=image.file_name, width=image.width, height=image.height,
-                                 path=image.path, where=image.where)
-            image_id += 1
+        boxes = BoxColumns()
+        for row, image in enumerate(images):
             for obj in image.objects:
                 if obj.name not in classes:
                     counts[name]["filtered_by_class"] += 1
@@ -91,11 +89,17 @@ def read_voc(root: str | Path, policy: Policy, counts: dict[str, Counter], seed:
                     continue
                 if obj.difficult:
                     counts[name]["difficult"] += 1
-                record.boxes.append(Box(id=box_id, bbox=bbox, label=classes.index(obj.name) + 1,
-                                        iscrowd=int(obj.difficult), difficult=obj.difficult))
+                boxes.add(box_id, row, bbox, classes.index(obj.name) + 1, iscrowd=int(obj.difficult),
+                          difficult=obj.difficult)
                 box_id += 1
-            records.append(record)
-        splits.append(Split(name=name, class_names=list(classes), images=records, source=str(root)))
+        ids = np.arange(image_id, image_id + len(images), dtype=np.int64)
+        image_id += len(images)
+        table = Images(ids=ids, widths=np.asarray([i.width for i in images], dtype=np.int64).reshape(-1),
+                       heights=np.asarray([i.height for i in images], dtype=np.int64).reshape(-1),
+                       file_names=[i.file_name for i in images], root=root / "JPEGImages",
+                       wheres=[i.where for i in images])
+        splits.append(Split(name=name, class_names=list(classes), images=table, boxes=boxes.build(),
+                            source=str(root)))
     return splits[0], splits[1]
 
 
