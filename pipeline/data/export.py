@@ -91,39 +91,47 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-def _write_chunks(f, chunks: Iterator[list[dict[str, Any]]]) -> None:
+def _write_chunks(f, chunks: Iterator[str]) -> None:
     first = True
     for chunk in chunks:
         if not chunk:
             continue
-        f.write(("" if first else ",") + _dumps(chunk)[1:-1])
+        f.write(chunk if first else "," + chunk)
         first = False
 
 
-def _image_chunks(split: Split, file_names: list[str]) -> Iterator[list[dict[str, Any]]]:
+def _image_chunks(split: Split, file_names: list[str]) -> Iterator[str]:
     images = split.images
     for start in range(0, len(images), CHUNK):
         end = start + CHUNK
-        yield [{"id": i, "file_name": name, "width": w, "height": h} for i, name, w, h in zip(
+        yield ",".join([_IMAGE % (i, _string(name), w, h) for i, name, w, h in zip(
             images.ids[start:end].tolist(), file_names[start:end], images.widths[start:end].tolist(),
-            images.heights[start:end].tolist())]
+            images.heights[start:end].tolist())])
 
 
-def _annotation_chunks(split: Split) -> Iterator[list[dict[str, Any]]]:
+def _annotation_chunks(split: Split) -> Iterator[str]:
+    """The annotations as JSON text. Coordinates and areas are written with three decimals,
+    formatted from integers (``12.340``): five float reprs per box would cost more than the rest."""
     boxes, image_ids = split.boxes, split.images.ids
     for start in range(0, len(boxes), CHUNK):
         end = start + CHUNK
-        xywh = np.round(boxes.xywh[start:end], 3)  # (n, 4)
+        xywh = boxes.xywh[start:end]  # (n, 4), finite and >= 0 (validated)
         area = boxes.area[start:end]
-        area = np.round(np.where(np.isnan(area), xywh[:, 2] * xywh[:, 3], area), 3)
-        difficult = boxes.difficult[start:end].tolist()
-        chunk = []
-        for k, (ann_id, image_id, bbox, label, a, crowd) in enumerate(zip(
-                boxes.ids[start:end].tolist(), image_ids[boxes.image[start:end]].tolist(), xywh.tolist(),
-                boxes.labels[start:end].tolist(), area.tolist(), boxes.iscrowd[start:end].tolist())):
-            ann = {"id": ann_id, "image_id": image_id, "category_id": label, "bbox": bbox,
-                   "area": a, "iscrowd": crowd}
-            if difficult[k]:
-                ann["difficult"] = 1
-            chunk.append(ann)
-        yield chunk
+        area = np.where(np.isfinite(area), area, xywh[:, 2] * xywh[:, 3])  # NaN: the box's area
+        milli = np.rint(np.concatenate([xywh, area[:, None]], axis=1) * 1000).astype(np.int64)  # (n, 5)
+        if (milli < 0).any():  # pragma: no cover - validation keeps boxes inside the image
+            raise AssertionError("negative box coordinates or area reached the writer")
+        whole, frac = np.divmod(milli, 1000)
+        numbers = np.stack([whole, frac], axis=2).reshape(-1, 10).tolist()  # (n, 10): x, x_frac, y, ...
+        text = [_ANNOTATION % (ann_id, image_id, label, *xs, crowd) for ann_id, image_id, label, xs, crowd
+                in zip(boxes.ids[start:end].tolist(), image_ids[boxes.image[start:end]].tolist(),
+                       boxes.labels[start:end].tolist(), numbers, boxes.iscrowd[start:end].tolist())]
+        for k in np.flatnonzero(boxes.difficult[start:end]).tolist():  # VOC only
+            text[k] = text[k][:-1] + ',"difficult":1}'
+        yield ",".join(text)
+
+
+_IMAGE = '{"id":%d,"file_name":%s,"width":%d,"height":%d}'
+_ANNOTATION = ('{"id":%d,"image_id":%d,"category_id":%d,"bbox":[%d.%03d,%d.%03d,%d.%03d,%d.%03d],'
+               '"area":%d.%03d,"iscrowd":%d}')
+_string = json.encoder.encode_basestring_ascii  # the quoted JSON string, as json.dumps writes it

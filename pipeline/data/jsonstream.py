@@ -51,10 +51,9 @@ class _Reader:
             self.eof = True
             return False
         if self.pos > 0:
-            consumed = self.buf[:self.pos]
-            newlines = consumed.count("\n")
+            newlines = self.buf.count("\n", 0, self.pos)
             self.lines_before += newlines
-            self.line_start = (consumed.rfind("\n") + 1 if newlines else self.line_start) - self.pos
+            self.line_start = (self.buf.rfind("\n", 0, self.pos) + 1 if newlines else self.line_start) - self.pos
             self.buf, self.pos = self.buf[self.pos:], 0
         self.buf += chunk
         return True

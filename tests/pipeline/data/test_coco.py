@@ -141,3 +141,31 @@ def test_category_errors_come_before_image_errors_whatever_the_order(raw_coco):
     path.write_text(json.dumps({key: coco[key] for key in ("images", "annotations", "categories")}))
     with pytest.raises(AnnotationError, match="duplicate category id 7"):
         _read(path, images)
+
+
+TWO_ERRORS = [  # (edit, message of the earlier record): the annotation met first in the file is reported
+    (lambda c: (c["annotations"][1].update(bbox=[35, 2, 10, 8]), c["annotations"][3].update(category_id=99)),
+     "annotation id 101: bbox .* extends outside"),
+    (lambda c: (c["annotations"][1].update(iscrowd=5), c["annotations"][3].update(id=100)),
+     "annotation id 101: iscrowd must be 0 or 1"),
+    (lambda c: (c["annotations"][2].update(id=100), c["annotations"][3].update(iscrowd=5)),
+     "annotation id 100: duplicate annotation id"),
+    (lambda c: (c["annotations"][2].update(image_id="x"), c["annotations"][4].update(image_id=777)),
+     r"annotation id 102: 'image_id' must be an integer, got 'x'"),
+    (lambda c: (c["annotations"][2].update(bbox="1,2,3,4"), c["annotations"][4].update(category_id=99)),
+     r"annotation id 102: bbox must be four numbers"),
+]
+
+
+@pytest.mark.parametrize("edit, message", TWO_ERRORS)
+def test_the_first_bad_annotation_in_file_order_is_reported(raw_coco, edit, message):
+    path, images = raw_coco(edit=edit)
+    with pytest.raises(AnnotationError if "outside" not in message else InvalidBoxError, match=message):
+        _read(path, images)
+
+
+def test_a_malformed_box_of_a_filtered_class_is_no_error(raw_coco):
+    path, images = raw_coco(edit=lambda c: c["annotations"][1].update(bbox="1,2,3,4"))  # a "dog" box
+    counts = Counter()
+    split = _read(path, images, counts=counts, classes=["cat"])
+    assert counts == {"filtered_by_class": 4} and split.boxes.ids.tolist() == [100, 102, 104, 106]

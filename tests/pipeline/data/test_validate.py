@@ -8,7 +8,7 @@ from PIL import Image
 
 from pipeline.data.errors import AnnotationError, ImageError, InvalidBoxError, UnsafePathError
 from pipeline.data.records import BoxColumns, Images, Split
-from pipeline.data.validate import check_box, check_images, image_problem, safe_relative_path
+from pipeline.data.validate import check_box, check_images, image_problem, safe_file_name, safe_relative_path
 
 W, H = 100, 80
 WHERE = "a.json: image id 3 annotation id 9"
@@ -118,3 +118,52 @@ def test_worker_processes_report_the_first_bad_record_in_order(tmp_path):
     (tmp_path / "4.jpg").unlink()
     with pytest.raises(ImageError, match=r"image id 9: image file .*4.jpg not found"):
         check_images([_split(tmp_path, names)], workers=2, chunk_size=2)
+
+
+@pytest.mark.parametrize("name", ["a.jpg", "sub/dir/x-1 (2).png", "a//b.png", "./a.png", "a/./b.png", "a/", ".hidden/x.jpg",
+                                  "é/ü.jpg", "a. ", "x.", "../a.png", "a/../b.png", "/abs.png", "C:x.png", "a\\b.png", " "])
+def test_fast_file_name_check_equals_the_pathlib_one(name):
+    try:
+        expected = str(safe_relative_path(name, "w"))
+    except (UnsafePathError, AnnotationError) as err:
+        with pytest.raises(type(err)):
+            safe_file_name(name, "w")
+    else:
+        assert safe_file_name(name, "w") == expected
+
+
+def _variants(tmp_path):
+    """JPEGs as cameras and tools write them (progressive, EXIF, grey, CMYK, ICC) and PNGs, 37 x 23."""
+    rgb = np.random.default_rng(2).integers(0, 255, (23, 37, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: stored size is still 37 x 23
+    exif[0x010F] = "camera"
+    out = []
+    for name, image, kw in [("plain.jpg", Image.fromarray(rgb), {}),
+                            ("progressive.jpg", Image.fromarray(rgb), {"progressive": True}),
+                            ("exif.jpg", Image.fromarray(rgb), {"exif": exif, "icc_profile": b"\0" * 3000}),
+                            ("grey.jpg", Image.fromarray(rgb[..., 0]), {}),
+                            ("cmyk.jpg", Image.fromarray(rgb).convert("CMYK"), {}),
+                            ("rgb.png", Image.fromarray(rgb), {}),
+                            ("palette.png", Image.fromarray(rgb).convert("P"), {})]:
+        image.save(tmp_path / name, **kw)
+        out.append(tmp_path / name)
+    return out
+
+
+def test_header_mode_reads_the_size_like_pil_and_flags_every_truncation(tmp_path):
+    from pipeline.data.validate import _fast_header
+
+    for path in _variants(tmp_path):
+        with open(path, "rb") as f:
+            fmt, size, complete = _fast_header(f)
+        with Image.open(path) as image:
+            assert (size, fmt) == (image.size, image.format.replace("MPO", "JPEG")), path.name
+        assert complete and image_problem(path, 37, 23) is None
+        assert "differs" in image_problem(path, 23, 37)
+        data = path.read_bytes()
+        cut = tmp_path / f"cut-{path.name}"
+        for end in list(range(0, len(data), max(1, len(data) // 40))) + [len(data) - 1]:
+            cut.write_bytes(data[:end])
+            problem = image_problem(cut, 37, 23)
+            assert problem is not None and "unreadable or truncated" in problem, (path.name, end, problem)
