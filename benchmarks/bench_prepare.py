@@ -85,13 +85,13 @@ def make_coco(root: Path, num_images: int, pool: list[tuple[Path, int, int]], se
     return path
 
 
-def write_params(workdir: Path, annotations: Path, base: str) -> Path:
-    """``base`` (a params.yaml text) pointed at ``annotations``, with a COCO-like resize and anchors."""
+def write_params(workdir: Path, annotations: Path, base: str, resize: tuple[int, int] = (800, 1333)) -> Path:
+    """``base`` (a params.yaml text) pointed at ``annotations``, with ``resize`` and COCO-like anchors."""
     params = yaml.safe_load(base)
     params["data"].update(source="coco", val_fraction=0.05)
     params["data"]["coco"] = {"train_annotations": str(annotations), "train_images": str(annotations.parent / "images"),
                               "val_annotations": None, "val_images": None}
-    params["data"]["resize"] = {"min_size": 800, "max_size": 1333}
+    params["data"]["resize"] = {"min_size": resize[0], "max_size": resize[1]}
     params["model"]["fpn_levels"] = [2, 3, 4, 5, 6]
     params["model"]["anchors"] = {"scales": [8], "aspect_ratios": [0.5, 1.0, 2.0]}
     path = workdir / "params.yaml"
@@ -133,7 +133,8 @@ def run_prepare(workdir: Path, params: Path, pythonpath: Path | None = None) -> 
         raise RuntimeError(f"prepare failed:\n{output[-3000:]}")
     prepared = workdir / "data" / "prepared"
     files = [p for p in prepared.rglob("*") if p.is_file()]
-    return {"wall_s": wall, "rss_gb": usage.ru_maxrss / 2**20, "tree_rss_gb": tree_peak[0] / 2**30,
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime,
+            "rss_gb": usage.ru_maxrss / 2**20, "tree_rss_gb": tree_peak[0] / 2**30,
             "written_mb": sum(p.stat().st_size for p in files) / 2**20, "files": len(files)}
 
 
@@ -146,7 +147,8 @@ def baseline_code(rev: str, dest: Path) -> Path:
     return dest
 
 
-def measure(label: str, root: Path, annotations: Path, rev: str | None = None) -> dict[str, float]:
+def measure(label: str, root: Path, annotations: Path, resize: tuple[int, int], rev: str | None = None
+            ) -> dict[str, float]:
     """Run today's code, or the code of ``rev`` with that commit's params.yaml as the base."""
     workdir = root / f"run-{label}"
     workdir.mkdir()
@@ -156,7 +158,7 @@ def measure(label: str, root: Path, annotations: Path, rev: str | None = None) -
         base = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:params.yaml"], check=True,
                               capture_output=True, text=True).stdout
         pythonpath = baseline_code(rev, root / f"code-{label}")
-    result = run_prepare(workdir, write_params(workdir, annotations, base), pythonpath)
+    result = run_prepare(workdir, write_params(workdir, annotations, base, resize), pythonpath)
     shutil.rmtree(workdir)  # the baseline's copies are big
     return result
 
@@ -167,6 +169,8 @@ def main() -> None:
     parser.add_argument("--baseline-images", type=int, default=10_000, help="0: skip the baseline")
     parser.add_argument("--baseline-rev", default="a6c834d",
                         help="commit of the old code path (copies images, decodes every image)")
+    parser.add_argument("--resize", type=int, nargs=2, default=(800, 1333), metavar=("MIN", "MAX"),
+                        help="data.resize for the anchor-fit report (default: COCO's 800 1333)")
     parser.add_argument("--workdir", default=None, help="where to generate (default: a temporary folder)")
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args()
@@ -180,18 +184,24 @@ def main() -> None:
         pool = make_jpegs(root / "pool")
         big = make_coco(root / "big", args.images, pool)
         print(f"generated {args.images} images ({big.stat().st_size / 2**20:.0f} MB annotations) "
-              f"in {time.perf_counter() - start:.0f} s")
-        rows = [(f"today, {args.images} images", measure("new-big", root, big))]
+              f"in {time.perf_counter() - start:.0f} s", flush=True)
+        print(f"\ndata.resize {args.resize[0]}/{args.resize[1]}, anchors p2-p6 scale 8 ratios 0.5/1/2")
+        print("| code, size | wall s | CPU s (stage + workers) | peak RSS GB (stage / with workers) "
+              "| written to data/prepared | files |")
+        print("|---|---|---|---|---|---|", flush=True)
+        rows = []
+
+        def row(label: str, r: dict[str, float]) -> None:
+            rows.append((label, r))
+            print(f"| {label} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {r['rss_gb']:.2f} / {r['tree_rss_gb']:.2f} | "
+                  f"{r['written_mb']:.0f} MB | {r['files']} |", flush=True)
+
+        row(f"today, {args.images} images", measure("new-big", root, big, args.resize))
         if args.baseline_images:
             small = make_coco(root / "small", args.baseline_images, pool, seed=1)
-            rows.append((f"today, {args.baseline_images} images", measure("new-small", root, small)))
-            rows.append((f"{args.baseline_rev} (copies, decodes), {args.baseline_images} images",
-                         measure("old-small", root, small, rev=args.baseline_rev)))
-        print("\n| code, size | wall s | peak RSS GB (stage / with workers) | written to data/prepared | files |")
-        print("|---|---|---|---|---|")
-        for label, r in rows:
-            print(f"| {label} | {r['wall_s']:.1f} | {r['rss_gb']:.2f} / {r['tree_rss_gb']:.2f} | "
-                  f"{r['written_mb']:.0f} MB | {r['files']} |")
+            row(f"today, {args.baseline_images} images", measure("new-small", root, small, args.resize))
+            row(f"{args.baseline_rev} (copies, decodes), {args.baseline_images} images",
+                measure("old-small", root, small, args.resize, rev=args.baseline_rev))
         big_r = rows[0][1]
         print(f"\ntargets at {args.images} images: wall {big_r['wall_s']:.1f} s (<= {TARGET_WALL_S:.0f}: "
               f"{'met' if big_r['wall_s'] <= TARGET_WALL_S else 'NOT met'}), peak RSS {big_r['rss_gb']:.2f} GB "

@@ -100,8 +100,9 @@ def write_mixed_coco(root: Path, num_images: int = 12, seed: int = 0, category_i
 
 @pytest.fixture
 def mixed_coco(tmp_path: Path):
-    """Factory ``mixed_coco(num_images=12, ...) -> annotations.json`` of :func:`write_mixed_coco` under tmp."""
-    return lambda name="raw", **kw: write_mixed_coco(tmp_path / name, **kw)
+    """Factory ``mixed_coco(name="raw", root=None, num_images=12, ...) -> annotations.json`` of
+    :func:`write_mixed_coco` in ``root`` (default: ``tmp_path / name``)."""
+    return lambda name="raw", root=None, **kw: write_mixed_coco(root or tmp_path / name, **kw)
 
 
 @pytest.fixture
