@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from array import array
 from collections import Counter
 from pathlib import Path
@@ -90,13 +91,11 @@ class _Reader:
         self.boxes_built: Boxes | None = None
 
     def read(self) -> None:
-        for key, value in jsonstream.top_level(self.path):
-            if key == "categories":
-                self._categories(value.value())
-            elif key == "images":
-                self._images(value)
-            elif key == "annotations":
-                self.annotations.read(value, self.where)
+        from tqdm import tqdm
+
+        with tqdm(total=self.path.stat().st_size, desc=f"reading {self.path.name}", unit="B", unit_scale=True,
+                  file=sys.stderr, disable=None, dynamic_ncols=True, mininterval=0.5) as bar:
+            self._read_stream(bar.update)
         if self.categories is None:
             self._categories(None)
         if not self.images_read:
@@ -104,6 +103,15 @@ class _Reader:
         if self.image_error is not None:
             raise self.image_error
         self._check_annotations()
+
+    def _read_stream(self, progress) -> None:
+        for key, value in jsonstream.top_level(self.path, progress):
+            if key == "categories":
+                self._categories(value.value())
+            elif key == "images":
+                self._images(value)
+            elif key == "annotations":
+                self.annotations.read(value, self.where)
 
     def _categories(self, raw: Any) -> None:
         self.categories = _categories({} if raw is None else {"categories": raw}, self.where)

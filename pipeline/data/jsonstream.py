@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -37,8 +37,8 @@ class JsonError(ValueError):
 class _Reader:
     """A moving window over a text file: ``buf[pos]`` is the next character."""
 
-    def __init__(self, f: IO[str]) -> None:
-        self.f = f
+    def __init__(self, f: IO[str], progress: Callable[[int], object] | None = None) -> None:
+        self.f, self.progress = f, progress
         self.buf, self.pos = "", 0
         self.eof = False
         self.lines_before = 0  # newlines in the text dropped from the window
@@ -50,6 +50,8 @@ class _Reader:
         if not chunk:
             self.eof = True
             return False
+        if self.progress is not None:
+            self.progress(len(chunk))
         if self.pos > 0:
             newlines = self.buf.count("\n", 0, self.pos)
             self.lines_before += newlines
@@ -164,18 +166,19 @@ def first_char(path: str | Path) -> str:
         return _Reader(f).peek()
 
 
-def top_level(path: str | Path) -> Iterator[tuple[str, Value]]:
+def top_level(path: str | Path, progress: Callable[[int], object] | None = None) -> Iterator[tuple[str, Value]]:
     """``(key, value)`` for each key of the file's top-level object, in file order.
 
     The file must start with ``{`` (check with :func:`first_char`). A value the caller leaves
     unused is skipped (array elements one at a time) before the next key is read.
+    ``progress(n)`` is called with the number of characters of each chunk read.
 
     Raises:
         JsonError: invalid JSON, with the line and column.
         UnicodeDecodeError: the file is not UTF-8.
     """
     with open(path, encoding="utf-8") as f:
-        r = _Reader(f)
+        r = _Reader(f, progress)
         r.expect("{", "'{'")
         if r.peek() == "}":
             r.pos += 1

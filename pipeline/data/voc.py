@@ -9,6 +9,7 @@ object names found in the split files (sorted), or ``data.classes`` in that orde
 
 from __future__ import annotations
 
+import sys
 import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass, field
@@ -64,8 +65,12 @@ def read_voc(root: str | Path, policy: Policy, counts: dict[str, Counter], seed:
         train_ids, val_ids = seeded_split(all_ids, seed, val_fraction, str(root))
         ids = {"train": train_ids, "val": val_ids}
 
-    parsed = {name: [_parse(root, voc_id, f"{list_file}") for voc_id, list_file in split_ids]
-              for name, split_ids in ids.items()}
+    from tqdm import tqdm
+
+    with tqdm(total=sum(len(v) for v in ids.values()), desc=f"reading {root}/Annotations", unit="xml",
+              file=sys.stderr, disable=None, dynamic_ncols=True, mininterval=0.5) as bar:
+        parsed = {name: [_parse(root, voc_id, f"{list_file}", bar) for voc_id, list_file in split_ids]
+                  for name, split_ids in ids.items()}
     if classes is None:
         classes = sorted({obj.name for images in parsed.values() for image in images for obj in image.objects})
     else:
@@ -112,7 +117,9 @@ def _read_ids(path: Path) -> list[tuple[str, str]]:
     return out
 
 
-def _parse(root: Path, voc_id: str, listed_in: str) -> _VocImage:
+def _parse(root: Path, voc_id: str, listed_in: str, bar=None) -> _VocImage:
+    if bar is not None:
+        bar.update()
     xml_path = root / "Annotations" / f"{safe_relative_path(voc_id, listed_in)}.xml"
     if not xml_path.is_file():
         raise AnnotationError(f"{listed_in}: image id {voc_id!r} has no annotation file {xml_path}")
