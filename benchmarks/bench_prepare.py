@@ -186,7 +186,7 @@ def main() -> None:
         print(f"generated {args.images} images ({big.stat().st_size / 2**20:.0f} MB annotations) "
               f"in {time.perf_counter() - start:.0f} s", flush=True)
         print(f"\ndata.resize {args.resize[0]}/{args.resize[1]}, anchors p2-p6 scale 8 ratios 0.5/1/2")
-        print("| code, size | wall s | CPU s (stage + workers) | peak RSS GB (stage / with workers) "
+        print("| code, size | wall s | CPU s (stage process) | peak RSS GB (stage / with workers) "
               "| written to data/prepared | files |")
         print("|---|---|---|---|---|---|", flush=True)
         rows = []
