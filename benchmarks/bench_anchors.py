@@ -8,7 +8,7 @@ resize the boxes, search, score, table, YAML/JSON, plot) with the model, resize 
 settings of ``--params``, and prints the wall time and the load average.
 
 The peer, measured in the same run: the best anchor IoU of every box computed by building every
-anchor of the image (:func:`pipeline.data.anchor_fit.best_anchor_iou`, what ``prepare`` uses)
+anchor of the image (:func:`pipeline.anchor_search.geometry.best_iou_every_anchor`)
 against the nearest-centre evaluation the search runs on (:class:`pipeline.anchor_search.geometry.BoxGrid`),
 on ``--peer-boxes`` boxes; both must agree.
 
@@ -64,10 +64,10 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    from pipeline.anchor_search.geometry import BoxGrid
+    from pipeline.anchor_search.geometry import BoxGrid, best_iou_every_anchor
     from pipeline.anchor_search.search import AnchorSet
     from pipeline.anchors import fit_and_report
-    from pipeline.data.anchor_fit import best_anchor_iou, gt_from_coco
+    from pipeline.data.anchor_fit import gt_from_coco
     from pipeline.params import load_params
 
     params = load_params(args.params, args.overrides)
@@ -100,14 +100,16 @@ def main() -> int:
     sub_boxes, sub_sizes = [boxes[i] for i in keep], [sizes[i] for i in keep]
     anchors = AnchorSet.of(config.anchors.scales, config.anchors.aspect_ratios)
     t = time.perf_counter()
-    reference = best_anchor_iou(sub_boxes, sub_sizes, config.strides, anchors.as_params()["scales"],
-                                anchors.aspect_ratios).numpy()
+    flat_boxes = np.concatenate([np.asarray(b).reshape(-1, 4) for b in sub_boxes])
+    flat_hw = np.repeat(np.asarray(sub_sizes), [len(b) for b in sub_boxes], axis=0)
+    reference = best_iou_every_anchor(flat_boxes, flat_hw, config.strides, anchors.as_params()["scales"],
+                                      anchors.aspect_ratios)
     t_reference = time.perf_counter() - t
     t = time.perf_counter()
     grid = BoxGrid.from_images(sub_boxes, sub_sizes, config.strides)
     fast = grid.best_iou(anchors.shapes(config.strides))
     t_fast = time.perf_counter() - t
-    print(f"best IoU of {count} boxes: every anchor (best_anchor_iou) {t_reference * 1e3:.0f} ms, nearest centre "
+    print(f"best IoU of {count} boxes: every anchor (best_iou_every_anchor) {t_reference * 1e3:.0f} ms, nearest centre "
           f"(BoxGrid) {t_fast * 1e3:.1f} ms: ratio {t_fast / t_reference:.4f} ({t_reference / t_fast:.0f}x faster); "
           f"max |difference| {np.abs(reference - fast).max():.1e}")
     print(f"load average after: {Path('/proc/loadavg').read_text().split()[:3]}")

@@ -81,6 +81,7 @@ class DataParams:
     seed: int = 0
     val_fraction: float = 0.2
     on_invalid_box: Literal["error", "clip", "drop"] = "error"
+    verify_images: Literal["header", "decode"] = "header"  # header: size, format, truncation; decode: every pixel
     classes: list[str] | None = None
     synthetic: SyntheticParams = field(default_factory=SyntheticParams)
     coco: CocoParams = field(default_factory=CocoParams)
@@ -121,14 +122,16 @@ class TrainParams:
     val_every: int = 1                       # epochs between validations; 0: never
     precise_bn_images: int = 0               # recompute batch-norm statistics over this many train images at the end; 0: off
     log_every: int = 10                      # steps between progress lines / step metrics
-    loader_workers: int = 0                  # DataLoader worker processes per training worker
+    loader_workers: int | Literal["auto"] = "auto"  # DataLoader processes per training worker; auto: 0 on CPU, a few on CUDA
+    group_by_aspect_ratio: bool | Literal["auto"] = "auto"  # one aspect-ratio group per batch; auto: when images differ
     compile: bool = False                    # torch.compile the backbone (minutes of compiling per worker)
 
     def __post_init__(self) -> None:
         _positive(self, "train", ["epochs", "batch_size", "lr", "reference_batch_size", "lr_gamma",
                                   "warmup_factor", "log_every"])
-        for name in ("momentum", "weight_decay", "warmup_iters", "val_every", "loader_workers",
-                     "color_jitter", "precise_bn_images"):
+        if self.loader_workers != "auto" and self.loader_workers < 0:
+            raise ParamsError(f"train.loader_workers: {self.loader_workers} must be >= 0 or auto")
+        for name in ("momentum", "weight_decay", "warmup_iters", "val_every", "color_jitter", "precise_bn_images"):
             if getattr(self, name) < 0:
                 raise ParamsError(f"train.{name}: {getattr(self, name)} must be >= 0")
         if self.warmup_factor > 1:

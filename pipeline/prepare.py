@@ -1,10 +1,11 @@
 """``python -m pipeline prepare``: read the configured source (``data`` params), validate it,
-and write a self-contained COCO dataset to ``data/prepared/`` plus data reports.
+and write COCO annotations to ``data/prepared/`` plus data reports.
 
 Outputs (relative to the working directory):
 
-* ``data/prepared/{train,val}.json`` and ``data/prepared/images/{train,val}/`` (see
-  :mod:`pipeline.data.export` for the layout);
+* ``data/prepared/{train,val}.json``, whose ``file_name`` entries point at the source images where
+  they are (COCO, VOC: nothing is copied); the synthetic source writes its generated images
+  to ``data/prepared/images/{train,val}/`` (see :mod:`pipeline.data.export` for the layout);
 * ``reports/data.json``: images, boxes, classes per split, boxes per class, and every
   clipped / dropped / filtered / difficult count;
 * ``reports/box_stats.json`` + ``.png``: box width/height/area/aspect-ratio histograms;
@@ -14,6 +15,8 @@ Outputs (relative to the working directory):
 
 All input is read and checked before the old outputs are removed and rewritten, so a
 failed run leaves the previous dataset in place and a smaller dataset leaves no stale files.
+Memory stays flat: the splits are compact arrays (:mod:`pipeline.data.records`), image headers
+are checked in worker processes, and the JSON is written in chunks.
 """
 
 from __future__ import annotations
@@ -74,23 +77,26 @@ def run(params: Params, args: argparse.Namespace) -> int:
 
 
 def prepare(data: DataParams, anchors: AnchorSettings, out_dir: Path = PREPARED_DIR,
-            reports_dir: Path = REPORTS_DIR) -> dict[str, Any]:
+            reports_dir: Path = REPORTS_DIR, workers: int | None = None) -> dict[str, Any]:
     """Read, validate and write the dataset and its reports; return ``{"data", "anchor_fit"}``.
+
+    Args:
+        workers: image-check processes (default: one per available CPU).
 
     Raises:
         DataError: bad input, with the file and record named.
     """
-    from pipeline.data.anchor_fit import anchor_fit, best_anchor_iou, gt_from_coco, plot_anchor_fit
-    from pipeline.data.export import to_coco, write_split
+    from pipeline.data.anchor_fit import anchor_fit_flat, best_anchor_iou_flat, gt_from_split, plot_anchor_fit
+    from pipeline.data.export import check_unique_files, write_split
     from pipeline.data.sources import load_splits
     from pipeline.data.stats import box_stats, plot_box_stats, split_summary
     from pipeline.data.validate import check_images
 
     counts = {"train": Counter(), "val": Counter()}
     train, val = load_splits(data, counts)
-    check_images(train.images + val.images)
     for split in (train, val):
-        to_coco(split)  # file name clashes are bad input too: find them before deleting anything
+        check_unique_files(split)  # bad input too: find it before deleting anything
+    check_images([train, val], mode=data.verify_images, workers=workers)
 
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -98,24 +104,27 @@ def prepare(data: DataParams, anchors: AnchorSettings, out_dir: Path = PREPARED_
     reports_dir.mkdir(parents=True, exist_ok=True)
     for name in REPORT_FILES:
         (reports_dir / name).unlink(missing_ok=True)
-    cocos = {split.name: write_split(split, out_dir) for split in (train, val)}
+    splits = {"train": train, "val": val}
+    for split in splits.values():
+        write_split(split, out_dir)
 
     data_report: dict[str, Any] = {
         "source": data.source, "on_invalid_box": data.on_invalid_box, "class_names": train.class_names,
-        **{name: split_summary(coco, counts[name]) for name, coco in cocos.items()},
+        "verify_images": data.verify_images, "images_copied": train.images.pixels is not None,
+        **{name: split_summary(split, counts[name]) for name, split in splits.items()},
     }
     _write_json(reports_dir / "data.json", data_report)
-    stats = {name: box_stats(coco) for name, coco in cocos.items()}
+    stats = {name: box_stats(split) for name, split in splits.items()}
     _write_json(reports_dir / "box_stats.json", stats)
     plot_box_stats(stats, str(reports_dir / "box_stats.png"))
 
     fits, ious = {}, {}
-    for name, coco in cocos.items():
-        boxes, sizes, labels = gt_from_coco(coco, data.resize.min_size, data.resize.max_size)
-        ious[name] = best_anchor_iou(boxes, sizes, anchors.strides, anchors.scales, anchors.aspect_ratios).numpy()
-        fits[name] = anchor_fit(boxes, sizes, labels, anchors.strides, anchors.scales, anchors.aspect_ratios,
-                                anchors.fg_iou, class_names=train.class_names, best_ious=ious[name],
-                                suggest=name == "train")  # a quick anchor search names better anchors
+    for name, split in splits.items():
+        boxes, image_hw, labels = gt_from_split(split, data.resize.min_size, data.resize.max_size)
+        ious[name] = best_anchor_iou_flat(boxes, image_hw, anchors.strides, anchors.scales, anchors.aspect_ratios)
+        fits[name] = anchor_fit_flat(boxes, image_hw, labels, anchors.strides, anchors.scales, anchors.aspect_ratios,
+                                     anchors.fg_iou, class_names=train.class_names, best_ious=ious[name],
+                                     suggest=name == "train")  # a quick anchor search names better anchors
     fit_report = {"bpr": fits["train"]["bpr"], "mean_best_iou": fits["train"]["mean_best_iou"],
                   "resize": {"min_size": data.resize.min_size, "max_size": data.resize.max_size}, **fits}
     _write_json(reports_dir / "anchor_fit.json", fit_report)

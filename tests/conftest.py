@@ -77,6 +77,48 @@ def write_tiny_coco(out_dir: Path, num_train: int = 8, num_val: int = 4, size: i
     return out_dir
 
 
+MIXED_SIZES = [(96, 64), (64, 96), (80, 60), (60, 80), (100, 56), (72, 72)]  # (w, h): landscape, portrait, square
+
+
+def write_mixed_coco(root: Path, num_images: int = 12, seed: int = 0, category_ids: tuple[int, ...] = (3, 7)) -> Path:
+    """A raw COCO source like users bring: ``root/annotations.json`` + ``root/images/*.jpg``.
+
+    Mixed portrait/landscape JPEGs (:data:`MIXED_SIZES`), 3-8 boxes per image including elongated
+    (1:4 .. 4:1) ones, source category ids ``category_ids`` (named after :data:`CLASSES`), one crowd
+    box. Returns the JSON path.
+    """
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    images, annotations = [], []
+    for i in range(num_images):
+        w, h = MIXED_SIZES[i % len(MIXED_SIZES)]
+        pixels = (np.full((h, w, 3), 190) + rng.integers(0, 40, (h, w, 3))).astype(np.uint8)
+        for _ in range(int(rng.integers(3, 9))):
+            k = int(rng.integers(len(category_ids)))
+            ratio = float(np.exp(rng.uniform(np.log(1 / 4), np.log(4))))  # h / w
+            side = float(rng.uniform(10, 28))
+            bw, bh = min(w - 2, side / np.sqrt(ratio)), min(h - 2, side * np.sqrt(ratio))
+            x, y = float(rng.uniform(0, w - bw)), float(rng.uniform(0, h - bh))
+            pixels[int(y):int(y + bh), int(x):int(x + bw)] = COLOURS[k + 1]
+            annotations.append({"id": 1000 + len(annotations), "image_id": 500 + i, "category_id": category_ids[k],
+                                "bbox": [round(x, 2), round(y, 2), round(bw, 2), round(bh, 2)],
+                                "area": round(bw * bh, 2), "iscrowd": int(i == 0 and not annotations)})
+        name = f"{i:04d}.jpg"
+        Image.fromarray(pixels).save(root / "images" / name, quality=90)
+        images.append({"id": 500 + i, "file_name": name, "width": w, "height": h})
+    categories = [{"id": c, "name": CLASSES[k], "supercategory": "box"} for k, c in enumerate(category_ids)]
+    path = root / "annotations.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    return path
+
+
+@pytest.fixture
+def mixed_coco(tmp_path: Path):
+    """Factory ``mixed_coco(name="raw", root=None, num_images=12, ...) -> annotations.json`` of
+    :func:`write_mixed_coco` in ``root`` (default: ``tmp_path / name``)."""
+    return lambda name="raw", root=None, **kw: write_mixed_coco(root or tmp_path / name, **kw)
+
+
 @pytest.fixture
 def tiny_coco(tmp_path: Path) -> Path:
     """A prepared-data folder (``train.json``, ``val.json``, images) with 8 train / 4 val images."""
@@ -177,3 +219,12 @@ def noise_lines(console: str) -> list[str]:
 def console_noise():
     """``console_noise(text) -> [noisy lines]``: see :data:`NOISE`."""
     return noise_lines
+
+
+
+@pytest.fixture
+def every_anchor_best_iou():
+    """The brute-force reference for the fast best-anchor-IoU computations (anchor fit, anchor search)."""
+    from pipeline.anchor_search.geometry import best_iou_every_anchor
+
+    return best_iou_every_anchor

@@ -1,8 +1,14 @@
 """End to end: `dvc repro` of prepare -> train -> evaluate in a temporary copy of the repo.
 
-Checks every declared output is produced, that the console has no warning or error lines that are
-not about the run, that a second `dvc repro` runs nothing, that changing an evaluation-only param
-reruns only `evaluate`, and that `dvc metrics show/diff` and `dvc plots show/diff` work and read well.
+The data is what users bring: a test-made COCO source of mixed-size portrait and landscape JPEGs
+with many, partly elongated boxes, inside the repository (``data/raw/coco``, as after
+``dvc add``). Checks every declared output is produced, that ``prepare`` copied no image and its
+JSON resolves to the source files, that training batched by aspect ratio, that a second
+`dvc repro` reruns nothing (only the ``sources`` fingerprint check, which always runs), that a
+rewritten source annotation file reruns ``prepare`` only (its output is unchanged, so training
+is not redone), that changing an evaluation-only param reruns only `evaluate`, that the console has
+no warning or error lines that are not about the run, and that `dvc metrics show/diff` and
+`dvc plots show/diff` work and read well.
 """
 
 from __future__ import annotations
@@ -21,9 +27,10 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 TINY = {
-    "data": {"synthetic": {"num_train": 8, "num_val": 4, "image_size": 96, "max_object_size": 48,
-                           "min_objects": 1, "max_objects": 3},
-             "resize": {"min_size": 96, "max_size": 96}},
+    "data": {"source": "coco", "val_fraction": 0.25,
+             "coco": {"train_annotations": "data/raw/coco/annotations.json", "train_images": "data/raw/coco/images",
+                      "val_annotations": None, "val_images": None},
+             "resize": {"min_size": 64, "max_size": 96}},
     "model": {"backbone": "resnet18", "fpn_channels": 32,
               "rpn": {"batch_size_per_image": 64}, "roi": {"batch_size_per_image": 32}},
     "train": {"epochs": 1, "batch_size": 4, "warmup_iters": 1, "lr_steps": [100], "log_every": 1},
@@ -49,7 +56,7 @@ def _run(cmd: list[str], cwd: Path, env: dict) -> str:
 
 
 @pytest.fixture
-def repo_copy(tmp_path: Path) -> Path:
+def repo_copy(tmp_path: Path, mixed_coco) -> Path:
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
                            capture_output=True, text=True, check=True).stdout.split()
     dest = tmp_path / "repo"
@@ -60,6 +67,7 @@ def repo_copy(tmp_path: Path) -> Path:
             shutil.copy2(src, dest / name)
     params = yaml.safe_load((dest / "params.yaml").read_text())
     (dest / "params.yaml").write_text(yaml.safe_dump(_merge(params, TINY), sort_keys=False))
+    mixed_coco(root=dest / "data" / "raw" / "coco", num_images=16)
     env = _env(dest)
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
                 ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
@@ -82,6 +90,13 @@ def test_dvc_repro_end_to_end(repo_copy: Path, console_noise):
     dvc = str(BIN / "dvc")
     out = _run([dvc, "repro"], repo_copy, env)
     assert console_noise(out) == [], out
+    assert "batches grouped by aspect ratio" in out and "portrait" in out and "landscape" in out
+
+    prepared = repo_copy / "data/prepared"
+    assert sorted(p.name for p in prepared.rglob("*")) == ["train.json", "val.json"]  # no image copies
+    for split in ("train", "val"):
+        for image in json.loads((prepared / f"{split}.json").read_text())["images"]:
+            assert (prepared / image["file_name"]).resolve().parent == repo_copy / "data/raw/coco/images"
 
     stages = yaml.safe_load((repo_copy / "dvc.yaml").read_text())["stages"]
     for stage in stages.values():
@@ -93,9 +108,15 @@ def test_dvc_repro_end_to_end(repo_copy: Path, console_noise):
     assert {"AP", "AP50", "AP75"} <= set(metrics)
 
     out = _run([dvc, "repro"], repo_copy, env)
-    assert "Running stage" not in out, out
+    assert [line for line in out.splitlines() if "Running stage" in line] == ["Running stage 'sources':"], out
     for cmd in (["git", "add", "-A"], ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "run"]):
         _run(cmd, repo_copy, env)  # HEAD holds the results: `dvc metrics/plots diff` compare with it
+
+    # the same annotations written differently: prepare reruns, writes the same data, training is not redone
+    source = repo_copy / "data/raw/coco/annotations.json"
+    source.write_text(json.dumps(json.loads(source.read_text()), indent=2))
+    out = _run([dvc, "repro"], repo_copy, env)
+    assert "Running stage 'prepare'" in out and "Running stage 'train'" not in out, out
 
     out = _run([dvc, "metrics", "show", "--json"], repo_copy, env)
     assert "AP50" in out

@@ -11,30 +11,33 @@ shrinks as ``dx`` grows. So for every anchor shape of a level the best anchor is
 at the cell centre nearest to the box centre in x and, independently, in y (clamped to the
 grid), and the best IoU over *all* anchors of an image is the maximum over ``L * A`` single
 IoUs: ``O(N * L * A)`` instead of ``O(N * anchors per image)``. It is exact: the tests
-compare it with :func:`pipeline.data.anchor_fit.best_anchor_iou`, which builds every anchor.
+compare it with :func:`best_iou_every_anchor`, which builds every anchor.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
 
-__all__ = ["BoxGrid", "anchor_shapes"]
+__all__ = ["BoxGrid", "anchor_shapes", "best_iou_every_anchor"]
 
 
 def anchor_shapes(strides: Sequence[int], scales: Sequence[float] | Sequence[Sequence[float]],
                   aspect_ratios: Sequence[float]) -> list[np.ndarray]:
     """Anchor widths and heights ``(A, 2)`` per level, exactly as the model builds them
     (:func:`detector.anchors.cell_anchors`; ``scales`` shared or one list per level)."""
+    import torch
+
     from detector.anchors import cell_anchors
 
     per_level = _per_level(scales, len(strides))
     shapes = []
     for stride, level_scales in zip(strides, per_level):
-        xyxy = cell_anchors(stride, level_scales, aspect_ratios).double().numpy()  # (A, 4), zero-centred
+        xyxy = cell_anchors(stride, level_scales, aspect_ratios, dtype=torch.float64).numpy()  # (A, 4), zero-centred
         shapes.append(np.stack([xyxy[:, 2] - xyxy[:, 0], xyxy[:, 3] - xyxy[:, 1]], axis=1))
     return shapes
 
@@ -142,3 +145,24 @@ def log_side(wh: np.ndarray) -> np.ndarray:
 def log_ratio(wh: np.ndarray) -> np.ndarray:
     """``log(h / w)`` per box ``(N,)`` (the anchors' ``aspect_ratio = height / width``)."""
     return np.log(np.maximum(wh[:, 1], 1e-12) / np.maximum(wh[:, 0], 1e-12))
+
+
+def best_iou_every_anchor(boxes: np.ndarray, image_hw: np.ndarray, strides: Sequence[int],
+                          scales: Sequence[float] | Sequence[Sequence[float]],
+                          aspect_ratios: Sequence[float]) -> np.ndarray:
+    """The slow reference for :meth:`BoxGrid.best_iou`: best IoU ``(N,)`` of ``(N, 4)`` boxes with
+    every anchor of every level of their padded ``(N, 2)`` images, built by the detector's own
+    ``AnchorGenerator`` (float64). For tests and benchmarks."""
+    import torch
+
+    from detector.anchors import AnchorGenerator
+    from detector.boxes import box_iou
+
+    generator, pad = AnchorGenerator(strides, scales, aspect_ratios), max(strides)
+    out = []
+    for box, (h, w) in zip(np.asarray(boxes, dtype=np.float64), np.asarray(image_hw).tolist()):
+        hp, wp = math.ceil(h / pad) * pad, math.ceil(w / pad) * pad
+        shapes = [(math.ceil(hp / s), math.ceil(wp / s)) for s in strides]
+        anchors = torch.cat(generator(shapes, dtype=torch.float64))
+        out.append(box_iou(torch.as_tensor(box)[None], anchors).max().item())
+    return np.asarray(out)

@@ -346,12 +346,12 @@ def fit_anchors(grid: BoxGrid, start: AnchorSet, fg_iou: float, *, budget: int |
                      seconds=time.perf_counter() - t0)
 
 
-def quick_fit(boxes_per_image: Sequence[np.ndarray], image_sizes: Sequence[tuple[int, int]], strides: Sequence[int],
+def quick_fit(boxes: np.ndarray, image_hw: np.ndarray, strides: Sequence[int],
               scales: Sequence[float] | Sequence[Sequence[float]], aspect_ratios: Sequence[float], fg_iou: float,
               *, search_boxes: int = 2000, generations: int = 60, seed: int = 0) -> FitResult:
     """A reduced search (fewer boxes and steps: about a second) at the budget of the given anchors,
     for the advice of the ``prepare`` stage's anchor-fit warning; ``python -m pipeline anchors``
-    runs the full one."""
-    grid = BoxGrid.from_images(boxes_per_image, image_sizes, strides)
+    runs the full one. ``boxes`` ``(N, 4)`` xyxy and ``image_hw`` ``(N, 2)`` after the resize."""
+    grid = BoxGrid.from_boxes(boxes, image_hw, strides)
     return fit_anchors(grid, AnchorSet.of(scales, aspect_ratios), fg_iou, search_boxes=search_boxes,
                        generations=generations, seed=seed)

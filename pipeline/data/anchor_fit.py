@@ -7,7 +7,10 @@ IoU >= ``fg_iou`` (``model.rpn.iou_thresholds[1]``); the fraction of boxes that 
 is the best possible recall (BPR). Reported overall, per COCO size bucket (area after
 resize < 32**2, < 96**2, else), per box shape and per class, with the mean best IoU.
 
-Shapes: ``N`` ground-truth boxes, ``A`` anchors of one image (all levels).
+Every box counts (no sampling): the best IoU is computed exactly from the anchor shapes at the
+grid location nearest each box (:func:`best_anchor_iou_flat`), so a million boxes take seconds.
+
+Shapes: ``N`` ground-truth boxes, ``A`` anchor shapes of one level, ``K`` anchor shapes of all levels.
 """
 
 from __future__ import annotations
@@ -21,40 +24,51 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pipeline.data.records import Split
+
 SIZE_BUCKETS = (("small", 32.0**2), ("medium", 96.0**2), ("large", math.inf))
 WARN_BELOW = 0.9
 
 
 def best_anchor_iou(boxes_per_image: Sequence[Tensor | np.ndarray], image_sizes: Sequence[tuple[int, int]],
                     strides: Sequence[int], scales: Sequence[float] | Sequence[Sequence[float]],
-                    aspect_ratios: Sequence[float]) -> Tensor:
+                    aspect_ratios: Sequence[float]) -> np.ndarray:
     """Best IoU ``(N,)`` of each box with any anchor, boxes of all images concatenated in order.
 
     Args:
         boxes_per_image: ``(G_i, 4)`` xyxy boxes per image, in network-input pixels.
         image_sizes: ``(h, w)`` per image (after resize, before padding).
     """
-    from detector.anchors import AnchorGenerator
-    from detector.boxes import box_iou
+    boxes, image_hw = _flatten(boxes_per_image, image_sizes)
+    return best_anchor_iou_flat(boxes, image_hw, strides, scales, aspect_ratios)
 
-    generator = AnchorGenerator(strides, scales, aspect_ratios)
-    pad = max(strides)
-    by_size: dict[tuple[int, int], list[int]] = {}
-    for i, (h, w) in enumerate(image_sizes):
-        by_size.setdefault((int(h), int(w)), []).append(i)
-    boxes = [torch.as_tensor(b, dtype=torch.float32).reshape(-1, 4) for b in boxes_per_image]
-    offsets = np.cumsum([0] + [len(b) for b in boxes])
-    best = torch.zeros(int(offsets[-1]))
-    for (h, w), indices in by_size.items():
-        h_pad, w_pad = math.ceil(h / pad) * pad, math.ceil(w / pad) * pad  # the model pads like this
-        shapes = [(math.ceil(h_pad / s), math.ceil(w_pad / s)) for s in strides]
-        anchors = torch.cat(generator(shapes), dim=0)  # (A, 4)
-        gt = torch.cat([boxes[i] for i in indices], dim=0)  # (N_group, 4)
-        positions = torch.cat([torch.arange(offsets[i], offsets[i + 1]) for i in indices])
-        chunk = max(1, (1 << 24) // max(1, len(anchors)))  # bound the (chunk, A) IoU matrix to 64 MB
-        for start in range(0, len(gt), chunk):
-            iou = box_iou(gt[start:start + chunk], anchors)  # (chunk, A)
-            best[positions[start:start + chunk]] = iou.max(dim=1).values if iou.numel() else 0.0
+
+def best_anchor_iou_flat(boxes: np.ndarray, image_hw: np.ndarray, strides: Sequence[int],
+                         scales: Sequence[float] | Sequence[Sequence[float]], aspect_ratios: Sequence[float],
+                         chunk: int = 1 << 15) -> np.ndarray:
+    """Best IoU ``(N,)`` of each box with any anchor of its image's grid, exactly, in ``O(N x K)``.
+
+    Args:
+        boxes: ``(N, 4)`` xyxy in network-input pixels.
+        image_hw: ``(N, 2)`` ``(h, w)`` of each box's image after resize (before padding).
+        chunk: boxes per step; temporaries are ``(chunk, A)`` per level.
+
+    Why exact without trying every anchor: for two axis-aligned boxes of fixed sizes, the overlap
+    along x only shrinks as their centres move apart along x (likewise y), and the IoU grows with
+    the overlap. Anchors of one shape sit on a Cartesian grid, so the best anchor of each shape is
+    the one at the grid column and row nearest the box centre (clamped to the padded image's
+    grid): :class:`pipeline.anchor_search.BoxGrid`, which the anchor search uses too. ``K`` =
+    levels x scales x ratios shapes are tried per box instead of every anchor.
+    """
+    from pipeline.anchor_search.geometry import BoxGrid, anchor_shapes
+
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    image_hw = np.asarray(image_hw, dtype=np.float64).reshape(-1, 2)
+    shapes = anchor_shapes(strides, scales, aspect_ratios)
+    best = np.zeros(len(boxes))
+    for start in range(0, len(boxes), chunk):
+        grid = BoxGrid.from_boxes(boxes[start:start + chunk], image_hw[start:start + chunk], strides)
+        best[start:start + chunk] = grid.best_iou(shapes)
     return best
 
 
@@ -69,10 +83,31 @@ def anchor_fit(boxes_per_image: Sequence[Tensor | np.ndarray], image_sizes: Sequ
         boxes_per_image: ``(G_i, 4)`` xyxy non-crowd boxes per image, network-input pixels.
         image_sizes: ``(h, w)`` of each image after resize.
         labels: ``(G_i,)`` labels in ``1..C`` per image, or ``None`` for no per-class figures.
+        Others: as :func:`anchor_fit_flat`.
+    """
+    boxes, image_hw = _flatten(boxes_per_image, image_sizes)
+    flat_labels = None
+    if labels is not None:
+        flat_labels = np.concatenate([np.asarray(v, dtype=np.int64).reshape(-1) for v in labels]
+                                     + [np.zeros(0, np.int64)])
+    return anchor_fit_flat(boxes, image_hw, flat_labels, strides, scales, aspect_ratios, fg_iou,
+                           class_names=class_names, best_ious=best_ious, suggest=suggest)
+
+
+def anchor_fit_flat(boxes: np.ndarray, image_hw: np.ndarray, labels: np.ndarray | None, strides: Sequence[int],
+                    scales: Sequence[float] | Sequence[Sequence[float]], aspect_ratios: Sequence[float],
+                    fg_iou: float, class_names: Sequence[str] | None = None,
+                    best_ious: Tensor | np.ndarray | None = None, suggest: bool = False) -> dict[str, Any]:
+    """Best-possible-recall summary of the anchors for ``N`` boxes (see the module docstring).
+
+    Args:
+        boxes: ``(N, 4)`` xyxy non-crowd boxes, network-input pixels.
+        image_hw: ``(N, 2)`` ``(h, w)`` of each box's image after resize.
+        labels: ``(N,)`` labels in ``1..C``, or ``None`` for no per-class figures.
         strides, scales, aspect_ratios: as :class:`detector.anchors.AnchorGenerator`.
         fg_iou: the RPN foreground IoU threshold.
         class_names: names for labels ``1..C`` in ``by_class``.
-        best_ious: ``(N,)`` from :func:`best_anchor_iou` when already computed.
+        best_ious: ``(N,)`` from :func:`best_anchor_iou_flat` when already computed.
         suggest: when the BPR is below ``WARN_BELOW``, run a quick anchor search at the same budget
             (:func:`pipeline.anchor_search.quick_fit`, ~1 s) and name its result in the warning
             (also returned as ``suggestion``).
@@ -82,12 +117,12 @@ def anchor_fit(boxes_per_image: Sequence[Tensor | np.ndarray], image_sizes: Sequ
         "failing", "warnings", and the anchor settings}``; ``failing`` counts boxes below
         ``fg_iou`` by likely cause: ``too_small``, ``too_large``, ``elongated``,
         ``between_anchors`` (size and ratio covered, but no anchor lands close enough).
+        Every box counts: nothing is sampled.
     """
+    gt = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     if best_ious is None:
-        best_ious = best_anchor_iou(boxes_per_image, image_sizes, strides, scales, aspect_ratios)
+        best_ious = best_anchor_iou_flat(gt, image_hw, strides, scales, aspect_ratios)
     best = np.asarray(best_ious, dtype=np.float64)
-    gt = np.concatenate([np.asarray(b, dtype=np.float64).reshape(-1, 4) for b in boxes_per_image]
-                        + [np.zeros((0, 4))])
     w, h = gt[:, 2] - gt[:, 0], gt[:, 3] - gt[:, 1]
     area = w * h
     ratio = h / np.maximum(w, 1e-9)
@@ -107,7 +142,7 @@ def anchor_fit(boxes_per_image: Sequence[Tensor | np.ndarray], image_sizes: Sequ
         "wide (h/w <= 0.5)": _summary(best, hit, ratio <= 0.5),
     }
     if labels is not None:
-        lab = np.concatenate([np.asarray(v, dtype=np.int64).reshape(-1) for v in labels] + [np.zeros(0, np.int64)])
+        lab = np.asarray(labels, dtype=np.int64).reshape(-1)
         num = len(class_names) if class_names is not None else int(lab.max(initial=0))
         names = list(class_names) if class_names is not None else [str(i) for i in range(1, num + 1)]
         result["by_class"] = {names[c - 1]: _summary(best, hit, lab == c) for c in range(1, num + 1)}
@@ -115,11 +150,26 @@ def anchor_fit(boxes_per_image: Sequence[Tensor | np.ndarray], image_sizes: Sequ
     if suggest and result["bpr"] is not None and result["bpr"] < WARN_BELOW:
         from pipeline.anchor_search import quick_fit
 
-        fit = quick_fit(boxes_per_image, image_sizes, strides, scales, aspect_ratios, fg_iou)
+        fit = quick_fit(gt, image_hw, strides, scales, aspect_ratios, fg_iou)
         result["suggestion"] = {**fit.fitted.as_params(), "bpr": round(fit.fitted_score.bpr, 4),
                                 "budget": fit.budget, "improved": fit.improved}
     result["warnings"] = _warnings(result)
     return result
+
+
+def _flatten(boxes_per_image: Sequence[Tensor | np.ndarray], image_sizes: Sequence[tuple[int, int]]
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """``(N, 4)`` boxes of all images and the ``(N, 2)`` size of each box's image."""
+    arrays = [np.asarray(b, dtype=np.float64).reshape(-1, 4) for b in boxes_per_image]
+    boxes = np.concatenate(arrays + [np.zeros((0, 4))])
+    sizes = np.asarray(image_sizes, dtype=np.int64).reshape(-1, 2)
+    return boxes, np.repeat(sizes, [len(a) for a in arrays], axis=0)
+
+
+def _per_level(scales: Sequence[float] | Sequence[Sequence[float]], num_levels: int) -> list[list[float]]:
+    if isinstance(scales[0], Sequence):  # one list per level
+        return [[float(s) for s in level] for level in scales]  # type: ignore[union-attr]
+    return [[float(s) for s in scales]] * num_levels  # type: ignore[arg-type]
 
 
 def _summary(best: np.ndarray, hit: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
@@ -133,10 +183,7 @@ def _failing(side: np.ndarray, ratio: np.ndarray, strides: Sequence[int],
              fg_iou: float) -> dict[str, int]:
     """Classify boxes below ``fg_iou``. A concentric anchor of the box's shape but ``k`` times its
     area has IoU ``1/k``; one of its area but ``k`` times its ratio has IoU ``1/(2 sqrt(k) - 1)``."""
-    if isinstance(scales[0], Sequence):  # one list per level
-        per_level = [[float(s) for s in level] for level in scales]  # type: ignore[union-attr]
-    else:
-        per_level = [[float(s) for s in scales]] * len(strides)  # type: ignore[arg-type]
+    per_level = _per_level(scales, len(strides))
     sides = [stride * s for stride, level in zip(strides, per_level) for s in level]
     lo, hi = min(sides) * math.sqrt(fg_iou), max(sides) / math.sqrt(fg_iou)
     max_ratio_factor = ((1 + fg_iou) / (2 * fg_iou)) ** 2
@@ -200,6 +247,25 @@ def gt_from_coco(coco: dict[str, Any], min_size: int, max_size: int
         sizes.append((new_h, new_w))
         labels.append(np.asarray([a["category_id"] for a in per_image[img["id"]]], dtype=np.int64))
     return boxes, sizes, labels
+
+
+def gt_from_split(split: Split, min_size: int, max_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Non-crowd boxes ``(N, 4)`` xyxy after the training resize
+    (:func:`pipeline.data.transforms.resized_size`), the ``(N, 2)`` resized ``(h, w)`` of each
+    box's image, and the ``(N,)`` labels; vectorised over all boxes."""
+    from pipeline.data.transforms import resized_size
+
+    images, boxes = split.images, split.boxes
+    keep = boxes.iscrowd == 0
+    hw = np.stack([images.heights, images.widths], axis=1)  # (I, 2)
+    unique, inverse = np.unique(hw, axis=0, return_inverse=True)  # a few hundred distinct sizes at most, usually
+    new_hw = np.asarray([resized_size(h, w, min_size, max_size) for h, w in unique.tolist()],
+                        dtype=np.int64).reshape(-1, 2)[inverse.reshape(-1)]  # (I, 2)
+    rows = boxes.image[keep]
+    scale = (new_hw[rows] / hw[rows])[:, ::-1]  # (N, 2) as (sx, sy)
+    xywh = boxes.xywh[keep]
+    xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1) * np.tile(scale, 2)
+    return xyxy, new_hw[rows], boxes.labels[keep]
 
 
 def plot_anchor_fit(fits: dict[str, dict[str, Any]], best_ious: dict[str, np.ndarray], path: str) -> None:

@@ -28,7 +28,7 @@ def load_splits(data: DataParams, counts: dict[str, Counter]) -> tuple[Split, Sp
     else:  # pragma: no cover - params validation rejects other values
         raise DataError(f"data.source: unknown source {data.source!r}")
     for split in (train, val):
-        if not split.images:
+        if not len(split.images):
             raise EmptySplitError(f"{split.source}: the {split.name} split has no images; "
                                   f"add images to it or change the split (data.val_fraction)")
     return train, val
@@ -47,7 +47,7 @@ def _synthetic(data: DataParams) -> tuple[Split, Split]:
     try:
         train = generate_split("train", s.num_train, data.seed, config)
         val = generate_split("val", s.num_val, data.seed, config, first_image_id=s.num_train + 1,
-                             first_box_id=1 + sum(len(r.boxes) for r in train.images))
+                             first_box_id=1 + len(train.boxes))
     except ValueError as err:
         raise DataError(str(err)) from err
     return train, val
@@ -66,8 +66,6 @@ def _coco(data: DataParams, counts: dict[str, Counter]) -> tuple[Split, Split]:
         val = read_coco(c.val_annotations, val_images, "val", data.on_invalid_box, counts["val"],
                         class_names=train.class_names)
         return train, val
-    train_images, val_images = seeded_split(train.images, data.seed, data.val_fraction, train.source)
-    val = Split("val", train.class_names, val_images, train.source)
+    train_rows, val_rows = seeded_split(list(range(len(train.images))), data.seed, data.val_fraction, train.source)
     # box outcomes were counted while reading the one file: they stay under counts["train"]
-    return Split("train", train.class_names, train_images, train.source), val
-
+    return train.take(train_rows, "train"), train.take(val_rows, "val")

@@ -7,33 +7,36 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.data.records import Split
+
 # log-spaced bins: sides 4..1024 px, aspect ratio (h/w) 1/8..8
 SIDE_BINS = np.geomspace(4, 1024, 25)
 RATIO_BINS = np.geomspace(1 / 8, 8, 25)
 
 
-def split_summary(coco: dict[str, Any], counts: Counter) -> dict[str, Any]:
+def split_summary(split: Split, counts: Counter) -> dict[str, Any]:
     """Images, boxes (crowd included and separately), classes, boxes per class, and the
     box outcomes counted while reading (clipped, dropped..., filtered_by_class)."""
-    names = {c["id"]: c["name"] for c in coco["categories"]}
-    per_class = Counter(names[a["category_id"]] for a in coco["annotations"])
-    with_boxes = {a["image_id"] for a in coco["annotations"]}
+    boxes, num_images = split.boxes, len(split.images)
+    per_class = np.bincount(boxes.labels, minlength=len(split.class_names) + 1)
+    with_boxes = np.bincount(boxes.image, minlength=num_images) > 0
     return {
-        "images": len(coco["images"]),
-        "images_without_boxes": sum(1 for img in coco["images"] if img["id"] not in with_boxes),
-        "boxes": len(coco["annotations"]),
-        "crowd_boxes": sum(1 for a in coco["annotations"] if a.get("iscrowd")),
-        "classes": len(names),
-        "boxes_per_class": {names[cid]: per_class.get(names[cid], 0) for cid in sorted(names)},
+        "images": num_images,
+        "images_without_boxes": int(num_images - with_boxes.sum()),
+        "boxes": len(boxes),
+        "crowd_boxes": int(boxes.iscrowd.sum()),
+        "classes": len(split.class_names),
+        "boxes_per_class": {name: int(per_class[i + 1]) for i, name in enumerate(split.class_names)},
         "input_boxes": dict(sorted(counts.items())),
     }
 
 
-def box_stats(coco: dict[str, Any]) -> dict[str, Any]:
+def box_stats(split: Split) -> dict[str, Any]:
     """Width, height, sqrt(area) and aspect ratio (h/w) of non-crowd boxes: quantiles and
-    histograms (``bins`` are the edges, ``counts`` one fewer), in original image pixels."""
-    xywh = np.asarray([a["bbox"] for a in coco["annotations"] if not a.get("iscrowd")], dtype=np.float64)
-    xywh = xywh.reshape(-1, 4)
+    histograms (``bins`` are the edges, ``counts`` one fewer), in original image pixels.
+
+    Vectorised over all boxes (no sampling): a million boxes take well under a second."""
+    xywh = split.boxes.xywh[split.boxes.iscrowd == 0]  # (N, 4)
     values = {"width": xywh[:, 2], "height": xywh[:, 3], "sqrt_area": np.sqrt(xywh[:, 2] * xywh[:, 3]),
               "aspect_ratio": xywh[:, 3] / np.maximum(xywh[:, 2], 1e-9)}
     out: dict[str, Any] = {"boxes": len(xywh)}

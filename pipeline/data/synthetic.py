@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pipeline.data.records import Box, ImageRecord, Split
+from pipeline.data.records import BoxColumns, Images, Split
 
 SHAPES = ("ellipse", "rectangle", "triangle", "cross", "ring")
 MAX_COVERED = 0.5  # a box may be at most this fraction covered by later objects
@@ -49,22 +49,23 @@ def generate_split(name: str, num_images: int, seed: int, config: SyntheticConfi
     if unknown or not config.class_names:
         raise ValueError(f"data.classes: synthetic classes must be a non-empty subset of {list(SHAPES)}, "
                          f"got {list(config.class_names)}")
-    images = []
+    boxes = BoxColumns()
+    pixels, file_names = [], []
     box_id = first_box_id
     for index in range(num_images):
         rng = np.random.default_rng([seed, _SPLIT_KEYS.get(name, 2), index])
-        pixels, objects = draw_image(rng, config)
-        image_id = first_image_id + index
-        boxes = []
+        image, objects = draw_image(rng, config)
         for bbox, label in objects:
-            boxes.append(Box(id=box_id, bbox=bbox, label=label))
+            boxes.add(box_id, index, bbox, label)
             box_id += 1
-        images.append(ImageRecord(
-            id=image_id, file_name=f"{image_id:06d}.png", width=config.image_size,
-            height=config.image_size, boxes=boxes, pixels=_png_bytes(pixels),
-            where=f"synthetic {name} image {image_id}",
-        ))
-    return Split(name=name, class_names=list(config.class_names), images=images, source="synthetic")
+        pixels.append(_png_bytes(image))
+        file_names.append(f"{first_image_id + index:06d}.png")
+    ids = np.arange(first_image_id, first_image_id + num_images, dtype=np.int64)
+    sizes = np.full(num_images, config.image_size, dtype=np.int64)
+    images = Images(ids=ids, widths=sizes, heights=sizes.copy(), file_names=file_names, pixels=pixels,
+                    wheres=[f"synthetic {name} image {i}" for i in ids.tolist()])
+    return Split(name=name, class_names=list(config.class_names), images=images, boxes=boxes.build(),
+                 source="synthetic")
 
 
 def draw_image(rng: np.random.Generator, config: SyntheticConfig) -> tuple[np.ndarray, list[tuple[list[float], int]]]:

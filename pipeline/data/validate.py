@@ -1,6 +1,6 @@
 """Checks shared by every source: box validity (with the ``on_invalid_box`` policy),
-image files (exist, decode fully, size as annotated) and image paths that stay inside
-their folder.
+image files (exist, complete, size as annotated; headers read in parallel processes, or a
+full decode with ``data.verify_images: decode``) and image paths that stay inside their folder.
 
 Box outcomes are counted in a :class:`collections.Counter` under these keys, so nothing
 is changed or dropped silently: ``clipped``, ``dropped_outside`` (wholly outside, or
@@ -13,18 +13,22 @@ under every policy).
 from __future__ import annotations
 
 import math
-from collections import Counter
-from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+import os
+import re
+import struct
+import sys
+from collections import Counter, deque
+from collections.abc import Sequence
 from pathlib import PurePosixPath, PureWindowsPath
 from typing import Literal
 
 from PIL import Image, UnidentifiedImageError
 
 from pipeline.data.errors import AnnotationError, ImageError, InvalidBoxError, UnsafePathError
-from pipeline.data.records import ImageRecord
+from pipeline.data.records import Images, Split
 
 Policy = Literal["error", "clip", "drop"]
+VerifyMode = Literal["header", "decode"]
 ROUNDING_TOLERANCE = 0.01  # px; coordinates this close outside the border are float noise
 
 _FIX = "fix the annotation or set data.on_invalid_box to clip or drop"
@@ -86,6 +90,16 @@ def _reject(policy: Policy, key: str, message: str, counts: Counter) -> None:
     return None
 
 
+_PLAIN_PATH = re.compile(r"(?:[\w\-][\w\-. ]*/)*[\w\-][\w\-. ]*")
+
+
+def safe_file_name(file_name: object, where: str) -> str:
+    """:func:`safe_relative_path` as a string; plain names (``a/b-1.jpg``) skip ``pathlib``."""
+    if type(file_name) is str and _PLAIN_PATH.fullmatch(file_name) and not file_name.endswith((" ", ".")):
+        return file_name  # no '..', '.', empty or absolute parts, no drive, no backslash: already normal
+    return str(safe_relative_path(file_name, where))
+
+
 def safe_relative_path(file_name: object, where: str) -> PurePosixPath:
     """``file_name`` as a relative path that cannot leave its image folder.
 
@@ -101,36 +115,214 @@ def safe_relative_path(file_name: object, where: str) -> PurePosixPath:
     return posix
 
 
-def check_images(records: Iterable[ImageRecord], threads: int = 4) -> None:
-    """Decode every source image fully and compare its size with the annotated one.
+def available_cpus() -> int:
+    """CPUs this process may run on (the affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
 
-    Decoding runs in a few threads (PIL releases the GIL); the first failing record in
-    order is reported.
+
+def check_images(splits: Sequence[Split], mode: VerifyMode = "header", workers: int | None = None,
+                 chunk_size: int = 256, progress: bool = True) -> None:
+    """Check every source image of ``splits``: it exists, is an image of the annotated size
+    and is complete (see :func:`image_problem`).
+
+    The files are checked in ``workers`` processes (default: one per available CPU), in
+    chunks of ``chunk_size`` images with a bounded number of chunks in flight, so memory
+    stays flat; a small dataset (one chunk) is checked in this process. The first failing
+    record in order is reported. Generated images (no ``root``) are skipped.
 
     Raises:
-        ImageError: missing, unreadable or truncated file, or a size mismatch.
+        ImageError: missing, unreadable or truncated file, or a size mismatch; the message
+            names the annotation record, the file and what to fix.
     """
-    records = [r for r in records if r.path is not None]
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        for _ in pool.map(check_image, records):
-            pass
+    from tqdm import tqdm
+
+    jobs = [(split.images, start, min(start + chunk_size, len(split.images)))
+            for split in splits if split.images.root is not None
+            for start in range(0, len(split.images), chunk_size)]
+    total = sum(end - start for _, start, end in jobs)
+    workers = available_cpus() if workers is None else workers
+    with tqdm(total=total, desc=f"checking images ({mode})", unit="img", file=sys.stderr,
+              disable=None if progress else True, dynamic_ncols=True, mininterval=0.5) as bar:
+        if workers <= 1 or len(jobs) <= 1:
+            for images, start, end in jobs:
+                _raise_first(images, start, _check_chunk(_chunk_args(images, start, end), mode))
+                bar.update(end - start)
+            return
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # forkserver: no fork of a process that already runs threads (tqdm's monitor, BLAS)
+        context = multiprocessing.get_context("forkserver")
+        pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context)
+        try:
+            pending: deque = deque()
+            queue = iter(jobs)
+            for images, start, end in queue:
+                pending.append((images, start, end, pool.submit(_check_chunk, _chunk_args(images, start, end), mode)))
+                if len(pending) >= 4 * workers:
+                    break
+            while pending:
+                images, start, end, future = pending.popleft()
+                _raise_first(images, start, future.result())
+                bar.update(end - start)
+                nxt = next(queue, None)
+                if nxt is not None:
+                    n_images, n_start, n_end = nxt
+                    pending.append((n_images, n_start, n_end,
+                                    pool.submit(_check_chunk, _chunk_args(n_images, n_start, n_end), mode)))
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
-def check_image(record: ImageRecord) -> None:
-    """Check one image file (see :func:`check_images`); fills in a missing (0) size."""
-    path = record.path
-    assert path is not None
-    if not path.is_file():
-        raise ImageError(f"{record.where}: image file {path} not found; fix file_name or the image folder")
+def _chunk_args(images: Images, start: int, end: int) -> list[tuple[str, int, int]]:
+    root = str(images.root)
+    return [(os.path.join(root, name), w, h) for name, w, h in zip(
+        images.file_names[start:end], images.widths[start:end].tolist(), images.heights[start:end].tolist())]
+
+
+def _check_chunk(items: list[tuple[str, int, int]], mode: VerifyMode) -> list[tuple[int, str]]:
+    """``(offset in the chunk, problem)`` for each bad image of the chunk (run in a worker)."""
+    out = []
+    for k, (path, width, height) in enumerate(items):
+        problem = image_problem(path, width, height, mode)
+        if problem is not None:
+            out.append((k, problem))
+    return out
+
+
+def _raise_first(images: Images, start: int, problems: list[tuple[int, str]]) -> None:
+    if problems:
+        k, problem = problems[0]
+        raise ImageError(f"{images.where(start + k)}: {problem}")
+
+
+def image_problem(path: str | os.PathLike, width: int, height: int, mode: VerifyMode = "header") -> str | None:
+    """What is wrong with the image file at ``path`` annotated as ``width x height``, or ``None``.
+
+    ``header`` reads the header (format, size) and, where the format allows, checks that the
+    file is complete without decoding it: a JPEG must have an end-of-image marker (``FF D9``)
+    after its scan data, a PNG its ``IEND`` chunk, a WebP as many bytes as its RIFF header
+    says. JPEG and PNG headers are parsed here (a few reads, ~30 us per file); other formats,
+    and anything unusual, go through PIL. Other formats get the header checks only. ``decode``
+    decodes every pixel with PIL (slow; it also catches corrupt data inside a complete file).
+    """
+    if mode == "header":
+        try:
+            with open(path, "rb") as f:
+                fast = _fast_header(f)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return f"image file {path} not found; fix file_name or the image folder"
+        except OSError as err:
+            return f"image file {path} is unreadable or truncated ({err}); re-export or remove the image"
+        if fast is not None:
+            return _problem(path, width, height, *fast)
     try:
         with Image.open(path) as image:
-            image.load()
             size = image.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise ImageError(f"{record.where}: image file {path} is unreadable or truncated ({err}); "
-                         "re-export or remove the image") from err
-    if record.width <= 0 or record.height <= 0:
-        record.width, record.height = size
-    elif size != (record.width, record.height):
-        raise ImageError(f"{record.where}: annotated size {record.width}x{record.height} differs from "
-                         f"{path} ({size[0]}x{size[1]}); fix width/height in the annotations")
+            if mode == "decode":
+                image.load()
+                complete = True
+            else:
+                complete = _complete(image)
+            fmt = image.format or "image"
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return f"image file {path} not found; fix file_name or the image folder"
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        return f"image file {path} is unreadable or truncated ({err}); re-export or remove the image"
+    return _problem(path, width, height, fmt, size, complete)
+
+
+def _problem(path: str | os.PathLike, width: int, height: int, fmt: str, size: tuple[int, int],
+             complete: bool) -> str | None:
+    if not complete:
+        return (f"image file {path} is unreadable or truncated (the {fmt} data has no end marker: "
+                "the file ends early); re-export or remove the image")
+    if size != (width, height):
+        return (f"annotated size {width}x{height} differs from {path} ({size[0]}x{size[1]}); "
+                "fix width/height in the annotations")
+    return None
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_JPEG_SOF = frozenset([0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF])
+_JPEG_NO_LENGTH = frozenset([0x01, *range(0xD0, 0xD8)])  # TEM, RST0-7
+
+
+def _fast_header(f) -> tuple[str, tuple[int, int], bool] | None:
+    """``(format, (w, h), complete)`` of a plain JPEG or PNG file, or None (let PIL look)."""
+    head = f.read(1 << 16)
+    if head.startswith(_PNG_SIGNATURE):
+        if len(head) < 33 or head[12:16] != b"IHDR":
+            return None
+        w, h = struct.unpack(">II", head[16:24])
+        return "PNG", (w, h), _marker_after(f, _END_MARKERS["PNG"], 33)
+    if not head.startswith(b"\xff\xd8"):
+        return None
+    pos, size = 2, None
+    while True:  # walk the marker segments up to the start of scan (SOS)
+        if pos + 4 > len(head):
+            more = f.read(max(1 << 16, pos + 4 - len(head)))
+            if not more:
+                return None  # ends inside the header: PIL says what is wrong
+            head += more
+        if head[pos] != 0xFF:
+            return None
+        marker = head[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        pos += 2
+        if marker in _JPEG_NO_LENGTH:
+            continue
+        if marker in (0xD8, 0xD9):
+            return None
+        length = head[pos] << 8 | head[pos + 1]
+        if marker in _JPEG_SOF:
+            if pos + 7 > len(head):
+                head += f.read(pos + 7 - len(head))
+                if pos + 7 > len(head):
+                    return None
+            h, w = struct.unpack(">HH", head[pos + 3:pos + 7])
+            size = (w, h)
+        if marker == 0xDA:  # SOS: the entropy-coded data follows
+            if size is None:
+                return None
+            return "JPEG", size, _marker_after(f, _END_MARKERS["JPEG"], pos + length)
+        pos += length
+
+
+def _marker_after(f, marker: bytes, start: int) -> bool:
+    """Whether ``marker`` occurs after byte ``start``, searching backwards from the end (usually
+    found in the last kilobyte: files may carry trailing data after the end marker)."""
+    f.seek(0, os.SEEK_END)
+    end = f.tell()
+    block = 1024
+    while end > start:
+        lo = max(start, end - block)
+        f.seek(lo)
+        if marker in f.read(end - lo + len(marker) - 1):
+            return True
+        end, block = lo, 1 << 16
+    return False
+
+
+_END_MARKERS = {"JPEG": b"\xff\xd9", "MPO": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82"}
+
+
+def _complete(image: Image.Image) -> bool:
+    """Whether an image PIL opened looks complete (see :func:`image_problem`), from its tail."""
+    fp = image.fp
+    if fp is None:  # pragma: no cover - PIL closed it
+        return True
+    header_end = fp.tell()  # PIL stops reading after the header (JPEG: after the start-of-scan segment)
+    if image.format == "WEBP":
+        fp.seek(0, os.SEEK_END)
+        size = fp.tell()
+        fp.seek(4)
+        riff = fp.read(4)
+        return len(riff) == 4 and size >= int.from_bytes(riff, "little") + 8
+    marker = _END_MARKERS.get(image.format or "")
+    return marker is None or _marker_after(fp, marker, header_end)

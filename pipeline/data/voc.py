@@ -9,15 +9,17 @@ object names found in the split files (sorted), or ``data.classes`` in that orde
 
 from __future__ import annotations
 
+import sys
 import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from pipeline.data.errors import AnnotationError, DataError
-from pipeline.data.records import Box, ImageRecord, Split
+from pipeline.data.records import BoxColumns, Images, Split
 from pipeline.data.validate import Policy, check_box, safe_relative_path
 
 
@@ -63,8 +65,12 @@ def read_voc(root: str | Path, policy: Policy, counts: dict[str, Counter], seed:
         train_ids, val_ids = seeded_split(all_ids, seed, val_fraction, str(root))
         ids = {"train": train_ids, "val": val_ids}
 
-    parsed = {name: [_parse(root, voc_id, f"{list_file}") for voc_id, list_file in split_ids]
-              for name, split_ids in ids.items()}
+    from tqdm import tqdm
+
+    with tqdm(total=sum(len(v) for v in ids.values()), desc=f"reading {root}/Annotations", unit="xml",
+              file=sys.stderr, disable=None, dynamic_ncols=True, mininterval=0.5) as bar:
+        parsed = {name: [_parse(root, voc_id, f"{list_file}", bar) for voc_id, list_file in split_ids]
+                  for name, split_ids in ids.items()}
     if classes is None:
         classes = sorted({obj.name for images in parsed.values() for image in images for obj in image.objects})
     else:
@@ -77,11 +83,8 @@ def read_voc(root: str | Path, policy: Policy, counts: dict[str, Counter], seed:
     splits = []
     image_id, box_id = 1, 1
     for name, images in parsed.items():
-        records = []
-        for image in images:
-            record = ImageRecord(id=image_id, file_name=image.file_name, width=image.width, height=image.height,
-                                 path=image.path, where=image.where)
-            image_id += 1
+        boxes = BoxColumns()
+        for row, image in enumerate(images):
             for obj in image.objects:
                 if obj.name not in classes:
                     counts[name]["filtered_by_class"] += 1
@@ -91,11 +94,17 @@ def read_voc(root: str | Path, policy: Policy, counts: dict[str, Counter], seed:
                     continue
                 if obj.difficult:
                     counts[name]["difficult"] += 1
-                record.boxes.append(Box(id=box_id, bbox=bbox, label=classes.index(obj.name) + 1,
-                                        iscrowd=int(obj.difficult), difficult=obj.difficult))
+                boxes.add(box_id, row, bbox, classes.index(obj.name) + 1, iscrowd=int(obj.difficult),
+                          difficult=obj.difficult)
                 box_id += 1
-            records.append(record)
-        splits.append(Split(name=name, class_names=list(classes), images=records, source=str(root)))
+        ids = np.arange(image_id, image_id + len(images), dtype=np.int64)
+        image_id += len(images)
+        table = Images(ids=ids, widths=np.asarray([i.width for i in images], dtype=np.int64).reshape(-1),
+                       heights=np.asarray([i.height for i in images], dtype=np.int64).reshape(-1),
+                       file_names=[i.file_name for i in images], root=root / "JPEGImages",
+                       wheres=[i.where for i in images])
+        splits.append(Split(name=name, class_names=list(classes), images=table, boxes=boxes.build(),
+                            source=str(root)))
     return splits[0], splits[1]
 
 
@@ -108,7 +117,9 @@ def _read_ids(path: Path) -> list[tuple[str, str]]:
     return out
 
 
-def _parse(root: Path, voc_id: str, listed_in: str) -> _VocImage:
+def _parse(root: Path, voc_id: str, listed_in: str, bar=None) -> _VocImage:
+    if bar is not None:
+        bar.update()
     xml_path = root / "Annotations" / f"{safe_relative_path(voc_id, listed_in)}.xml"
     if not xml_path.is_file():
         raise AnnotationError(f"{listed_in}: image id {voc_id!r} has no annotation file {xml_path}")

@@ -3,11 +3,12 @@
 Layer 1 of 3 (see ``driver.py``): it receives everything through ``config`` (built by the
 driver), never reads ``params.yaml`` or the environment itself.
 
-Each rank reads its own shard of the training images (a ``DistributedSampler`` with
-``drop_last=True``, so ranks never share an image within an epoch), every rank calls
-``ray.train.report`` once per epoch and rank 0 attaches the checkpoint. Epochs are
-idempotent: the RNGs are reseeded from ``(seed, epoch, rank)`` at every epoch start and a
-repeated epoch replaces its row in the history.
+Each rank reads its own share of the training images (``loader.py``: every image once per
+epoch across the ranks, batches of one aspect-ratio group, the same number of steps on every
+rank), every rank calls ``ray.train.report`` once per epoch and rank 0 attaches the checkpoint.
+Epochs are idempotent: the batches and each image's augmentation follow from ``(seed, epoch)``,
+the ranks' RNGs are reseeded from ``(seed, epoch, rank)`` at every epoch start, and a repeated
+epoch replaces its row in the history.
 """
 
 from __future__ import annotations
@@ -73,11 +74,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     """
     import ray.train
     import ray.train.torch
-    from torch.utils.data import DataLoader, DistributedSampler
 
     from detector import build_model
-    from pipeline.data.dataset import CocoDetectionDataset, collate_detection
+    from pipeline.data.dataset import CocoDetectionDataset
     from pipeline.data.transforms import build_transforms
+    from pipeline.training.loader import build_train_loader
 
     _quiet_ray_train_logs()
     params: Params = config["params"]
@@ -95,14 +96,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         transforms=build_transforms(True, resize.min_size, resize.max_size,
                                     hflip_prob=train.hflip_prob, color_jitter=train.color_jitter),
     )
-    sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True,
-                                 seed=train.seed, drop_last=True)
-    loader = DataLoader(train_ds, batch_size=train.batch_size, sampler=sampler, collate_fn=collate_detection,
-                        num_workers=train.loader_workers, persistent_workers=train.loader_workers > 0)
-    steps_per_epoch = len(loader)
-    if steps_per_epoch == 0:
+    if len(train_ds) < world:
         raise ValueError(f"{data_dir / 'train.json'}: {len(train_ds)} images are fewer than "
                          f"{world} workers; nothing to train on")
+    train_loader = build_train_loader(train_ds, train, rank=rank, world=world, device=device,
+                                      local_world_size=ctx.get_local_world_size())
+    loader, sampler = train_loader.loader, train_loader.sampler
+    steps_per_epoch = len(loader)
+    if rank == 0:
+        _say(f"data: {len(train_ds)} train images; {train_loader.describe()}")
 
     model_config = params.detector_config(train_ds.num_classes, list(train_ds.class_names))
     torch.manual_seed(train.seed)  # identical initial weights on every rank

@@ -139,3 +139,40 @@ def test_voc_source_end_to_end(workdir):
     assert train["annotations"] == [{"id": 1, "image_id": 1, "category_id": 2, "bbox": [0, 0, 20, 20],
                                      "area": 400, "iscrowd": 1, "difficult": 1}]
     assert json.loads((workdir / "reports/data.json").read_text())["train"]["input_boxes"] == {"difficult": 1}
+
+
+def test_coco_jpegs_are_referenced_in_place_not_copied(workdir, mixed_coco):
+    from pycocotools.coco import COCO
+
+    from pipeline.data.dataset import CocoDetectionDataset
+
+    ann = mixed_coco("data/raw/coco", num_images=12)  # in the repository, as with `dvc add data/raw/coco`
+    sets = _sets("data.source=coco", "data.coco.train_annotations=data/raw/coco/annotations.json",
+                 "data.coco.train_images=data/raw/coco/images", "data.val_fraction=0.25")
+    assert main(["prepare", *sets]) == 0
+    prepared = workdir / "data/prepared"
+    assert sorted(p.name for p in prepared.rglob("*")) == ["train.json", "val.json"]  # no image copies
+    for split, count in (("train", 9), ("val", 3)):
+        coco = json.loads((prepared / f"{split}.json").read_text())
+        assert len(coco["images"]) == count and [c["id"] for c in coco["categories"]] == [1, 2]
+        for image in coco["images"]:
+            assert image["file_name"].startswith("../raw/coco/images/")  # relative: the clone can move
+            assert (prepared / image["file_name"]).samefile(ann.parent / "images" / Path(image["file_name"]).name)
+        assert len(COCO(str(prepared / f"{split}.json")).getImgIds()) == count
+        dataset = CocoDetectionDataset(prepared / f"{split}.json")
+        for i in range(len(dataset)):
+            image, target = dataset[i]
+            assert tuple(image.shape[1:]) == target["orig_size"] == (coco["images"][i]["height"],
+                                                                     coco["images"][i]["width"])
+    assert {img.shape[1] > img.shape[2] for img, _ in CocoDetectionDataset(prepared / "train.json")} == {True, False}
+    report = json.loads((workdir / "reports/data.json").read_text())
+    assert report["images_copied"] is False and report["verify_images"] == "header"
+
+    moved = workdir.parent / "moved-clone"  # a clone elsewhere still resolves the relative file names
+    shutil.copytree(workdir, moved)
+    assert len(CocoDetectionDataset(moved / "data/prepared/val.json")[0][0].shape) == 3
+
+    absolute = workdir / "data/raw/coco/images"  # shared storage: absolute paths stay absolute
+    assert main(["prepare", *sets, "--set", f"data.coco.train_images={absolute}"]) == 0
+    names = [img["file_name"] for img in json.loads((prepared / "train.json").read_text())["images"]]
+    assert all(name.startswith(str(absolute) + "/") for name in names)

@@ -7,7 +7,6 @@ import pytest
 
 from pipeline.anchor_search import AnchorSet, BoxGrid, fit_anchors, score
 from pipeline.anchor_search.search import kmeans_1d, layouts
-from pipeline.data.anchor_fit import best_anchor_iou
 
 STRIDES = [8, 16, 32]
 
@@ -40,7 +39,7 @@ def test_layouts_and_kmeans():
 
 
 @pytest.mark.parametrize("start", [AnchorSet.of([4.0], [1.0]), AnchorSet.of([4.0], [0.5, 1.0, 2.0])])
-def test_wide_one_to_five_boxes_get_a_one_to_five_anchor_of_their_size(start):
+def test_wide_one_to_five_boxes_get_a_one_to_five_anchor_of_their_size(start, every_anchor_best_iou):
     boxes, hw = _boxes([(48.0, 0.2)])  # h/w = 0.2: 107 x 21 px
     grid = BoxGrid.from_boxes(boxes, hw, STRIDES)
     result = fit_anchors(grid, start, 0.6, generations=80)
@@ -50,8 +49,8 @@ def test_wide_one_to_five_boxes_get_a_one_to_five_anchor_of_their_size(start):
     assert all(0.17 < r < 0.24 for r in result.fitted.aspect_ratios), result.fitted
     assert np.any(np.abs(np.log(_sides(result.fitted) / 48.0)) < math.log(1.1)), result.fitted
     # the reported score is the real one: every anchor of the image, built by the model's generator
-    reference = best_anchor_iou([boxes], [(256, 256)], STRIDES, result.fitted.as_params()["scales"],
-                                result.fitted.aspect_ratios).numpy()
+    reference = every_anchor_best_iou(boxes, np.full((len(boxes), 2), 256), STRIDES,
+                                      result.fitted.as_params()["scales"], result.fitted.aspect_ratios)
     assert result.fitted_score.bpr == pytest.approx((reference >= 0.6).mean(), abs=1e-9)
     assert result.fitted_score.mean_iou == pytest.approx(reference.mean(), abs=1e-5)
 
@@ -108,7 +107,7 @@ def test_budget_and_validation():
         fit_anchors(BoxGrid.from_images([np.zeros((0, 4))], [(64, 64)], STRIDES), AnchorSet.of([4.0], [1.0]), 0.6)
 
 
-def test_anchor_fit_warning_names_a_computed_suggestion():
+def test_anchor_fit_warning_names_a_computed_suggestion(every_anchor_best_iou):
     # the prepare stage's anchor-fit report (pipeline/data/anchor_fit.py) with suggest=True
     import json
 
@@ -120,8 +119,9 @@ def test_anchor_fit_warning_names_a_computed_suggestion():
     suggestion = fit["suggestion"]
     assert suggestion["improved"] and suggestion["budget"] == 3 and fit["bpr"] < 0.5 < suggestion["bpr"]
     # what it names is what it measured: every anchor of the image, at the suggested settings
-    reference = best_anchor_iou([boxes], [(256, 256)], STRIDES, suggestion["scales"], suggestion["aspect_ratios"])
-    assert suggestion["bpr"] == pytest.approx(float((reference >= 0.6).float().mean()), abs=1e-4)
+    reference = every_anchor_best_iou(boxes, np.full((len(boxes), 2), 256), STRIDES, suggestion["scales"],
+                                      suggestion["aspect_ratios"])
+    assert suggestion["bpr"] == pytest.approx(float((reference >= 0.6).mean()), abs=1e-4)
     (warning,) = fit["warnings"]
     assert f"reaches {suggestion['bpr']:.1%}" in warning
     assert f"--set model.anchors.scales={json.dumps(suggestion['scales'], separators=(',', ':'))}" in warning

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.data.anchor_fit import anchor_fit, best_anchor_iou, gt_from_coco
+from pipeline.data.anchor_fit import anchor_fit, best_anchor_iou, best_anchor_iou_flat, gt_from_coco, gt_from_split
 
 # one level, stride 16, anchor side 16 * 4 = 64; a 128 x 128 image has 8 x 8 locations
 STRIDES, SCALES, RATIOS = [16], [4.0], [0.5, 1.0, 2.0]
@@ -66,3 +66,39 @@ def test_gt_from_coco_resizes_and_skips_crowd():
     boxes, sizes, labels = gt_from_coco(coco, min_size=50, max_size=1000)
     assert sizes == [(50, 100)]
     assert boxes[0].tolist() == [[5.0, 10.0, 20.0, 30.0]] and labels[0].tolist() == [2]
+
+
+@pytest.mark.parametrize("strides, scales", [([8, 16, 32], [2.0, 4.0]), ([16, 32], [[2.0, 3.0], [4.0, 6.0]])])
+def test_exact_fast_best_iou_equals_every_anchor(strides, scales, every_anchor_best_iou):
+    # mixed portrait/landscape images, boxes of all sizes and shapes, some at and beyond the borders
+    rng = np.random.default_rng(0)
+    image_hw = rng.choice(np.array([[96, 130], [130, 96], [64, 64], [101, 77]]), size=400)
+    w = np.exp(rng.uniform(np.log(2), np.log(150), 400))
+    h = w * np.exp(rng.uniform(np.log(1 / 6), np.log(6), 400))
+    cx, cy = rng.uniform(-0.1, 1.1, 400) * image_hw[:, 1], rng.uniform(-0.1, 1.1, 400) * image_hw[:, 0]
+    boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
+    ratios = [0.25, 0.5, 1.0, 2.0, 4.0]
+    fast = best_anchor_iou_flat(boxes, image_hw, strides, scales, ratios, chunk=64)
+    # the generator's anchors are float32 (the fast path works in float64): equal to ~1e-7
+    np.testing.assert_allclose(fast, every_anchor_best_iou(boxes, image_hw, strides, scales, ratios), atol=1e-6)
+    assert fast.min() < 0.3 and fast.max() > 0.8  # the case covers bad and good fits
+
+
+def test_gt_from_split_equals_gt_from_coco_of_the_written_json():
+    from pipeline.data.records import BoxColumns, Images, Split
+
+    boxes = BoxColumns()
+    boxes.add(1, 0, [10, 20, 30, 40], 2)
+    boxes.add(2, 0, [0, 0, 5, 5], 1, iscrowd=1)
+    boxes.add(3, 1, [1, 2, 3, 4], 1)
+    images = Images(ids=np.array([1, 2]), widths=np.array([200, 60]), heights=np.array([100, 90]),
+                    file_names=["a.jpg", "b.jpg"])
+    split = Split("train", ["x", "y"], images, boxes.build())
+    xyxy, hw, labels = gt_from_split(split, min_size=50, max_size=1000)
+    coco = {"images": [{"id": 1, "width": 200, "height": 100}, {"id": 2, "width": 60, "height": 90}],
+            "annotations": [{"image_id": 1, "bbox": [10, 20, 30, 40], "category_id": 2, "iscrowd": 0},
+                            {"image_id": 1, "bbox": [0, 0, 5, 5], "category_id": 1, "iscrowd": 1},
+                            {"image_id": 2, "bbox": [1, 2, 3, 4], "category_id": 1, "iscrowd": 0}]}
+    ref_boxes, ref_sizes, ref_labels = gt_from_coco(coco, min_size=50, max_size=1000)
+    np.testing.assert_allclose(xyxy, np.concatenate(ref_boxes))
+    assert hw.tolist() == [list(ref_sizes[0]), list(ref_sizes[1])] and labels.tolist() == [2, 1]

@@ -2,6 +2,7 @@
 
 from collections import Counter
 
+import numpy as np
 import pytest
 
 from pipeline.data.coco import read_coco
@@ -16,12 +17,14 @@ def test_reads_and_renumbers_categories(raw_coco):
     path, images = raw_coco()
     split = _read(path, images)
     assert split.class_names == ["dog", "cat"]  # sorted by source id (3, 7) -> labels 1, 2
-    assert [r.id for r in split.images] == [10, 11, 12, 13]
-    first = split.images[0]
-    assert first.path == images / "img0.png" and (first.width, first.height) == (40, 30)
-    assert [(b.id, b.label, b.bbox, b.iscrowd) for b in first.boxes] == [
-        (100, 2, [1, 2, 10, 8], 0), (101, 1, [5, 5, 20, 20], 1)]
-    assert first.boxes[1].area == 300.5  # the source area is kept when the box is unchanged
+    assert split.images.ids.tolist() == [10, 11, 12, 13]
+    assert split.images.path(0) == images / "img0.png"
+    assert (split.images.widths[0], split.images.heights[0]) == (40, 30)
+    boxes = split.boxes
+    first = boxes.image == 0
+    assert list(zip(boxes.ids[first].tolist(), boxes.labels[first].tolist(), boxes.xywh[first].tolist(),
+                    boxes.iscrowd[first].tolist())) == [(100, 2, [1, 2, 10, 8], 0), (101, 1, [5, 5, 20, 20], 1)]
+    assert boxes.area[first].tolist()[1] == 300.5  # the source area is kept when the box is unchanged
 
 
 def test_class_subset_filters_and_counts(raw_coco):
@@ -29,7 +32,7 @@ def test_class_subset_filters_and_counts(raw_coco):
     counts = Counter()
     split = _read(path, images, counts=counts, classes=["cat"])
     assert split.class_names == ["cat"]
-    assert all(b.label == 1 for r in split.images for b in r.boxes)
+    assert split.boxes.labels.tolist() == [1] * 4
     assert counts["filtered_by_class"] == 4
     with pytest.raises(DataError, match=r"data.classes: \['zebra'\] not among the categories"):
         _read(path, images, classes=["zebra"])
@@ -85,15 +88,15 @@ def test_nan_box_is_an_error_or_counted(raw_coco):
     counts = Counter()
     split = _read(path, images, policy="clip", counts=counts)
     assert counts == {"dropped_nonfinite": 1}
-    assert [b.id for b in split.images[0].boxes] == [101]
+    assert split.boxes.ids[split.boxes.image == 0].tolist() == [101]
 
 
 def test_clip_policy_clips_and_keeps_box_area_consistent(raw_coco):
     path, images = raw_coco(edit=lambda c: c["annotations"][0].update(bbox=[35, 2, 10, 8]))
     counts = Counter()
     split = _read(path, images, policy="clip", counts=counts)
-    box = split.images[0].boxes[0]
-    assert box.bbox == [35, 2, 5, 8] and box.area is None  # area recomputed from the clipped box
+    assert split.boxes.xywh[0].tolist() == [35, 2, 5, 8]
+    assert np.isnan(split.boxes.area[0])  # the clipped box's own area is written, not the source's
     assert counts == {"clipped": 1}
 
 
@@ -107,3 +110,62 @@ def test_malformed_json_names_the_file_and_position(tmp_path):
         _read(path, tmp_path)
     with pytest.raises(DataError, match="missing.json: annotation file not found"):
         _read(tmp_path / "missing.json", tmp_path)
+
+
+@pytest.mark.parametrize("order", [("images", "annotations", "categories"), ("annotations", "images", "categories"),
+                                   ("categories", "images", "annotations")])
+def test_any_key_order_reads_the_same(raw_coco, order):
+    # COCO itself ends with "categories"; some exporters put annotations first: the file is streamed,
+    # and read a second time for the annotations when they come before what they refer to
+    import json
+
+    path, images = raw_coco()
+    ref = _read(path, images)
+    coco = json.loads(path.read_text())
+    path.write_text(json.dumps({"info": {"year": 2017}, **{key: coco[key] for key in order}}, indent=1))
+    split = _read(path, images)
+    assert split.class_names == ref.class_names and split.images.file_names == ref.images.file_names
+    for name in ("ids", "image", "labels", "iscrowd"):
+        assert getattr(split.boxes, name).tolist() == getattr(ref.boxes, name).tolist()
+    assert split.boxes.xywh.tolist() == ref.boxes.xywh.tolist()
+
+
+def test_category_errors_come_before_image_errors_whatever_the_order(raw_coco):
+    import json
+
+    def edit(c):
+        c["images"][0].update(id=11)  # a duplicate image id
+        c["categories"] = c["categories"][:1] * 2  # a duplicate category id
+    path, images = raw_coco(edit=edit)
+    coco = json.loads(path.read_text())
+    path.write_text(json.dumps({key: coco[key] for key in ("images", "annotations", "categories")}))
+    with pytest.raises(AnnotationError, match="duplicate category id 7"):
+        _read(path, images)
+
+
+TWO_ERRORS = [  # (edit, message of the earlier record): the annotation met first in the file is reported
+    (lambda c: (c["annotations"][1].update(bbox=[35, 2, 10, 8]), c["annotations"][3].update(category_id=99)),
+     "annotation id 101: bbox .* extends outside"),
+    (lambda c: (c["annotations"][1].update(iscrowd=5), c["annotations"][3].update(id=100)),
+     "annotation id 101: iscrowd must be 0 or 1"),
+    (lambda c: (c["annotations"][2].update(id=100), c["annotations"][3].update(iscrowd=5)),
+     "annotation id 100: duplicate annotation id"),
+    (lambda c: (c["annotations"][2].update(image_id="x"), c["annotations"][4].update(image_id=777)),
+     r"annotation id 102: 'image_id' must be an integer, got 'x'"),
+    (lambda c: (c["annotations"][2].update(bbox="1,2,3,4"), c["annotations"][4].update(category_id=99)),
+     r"annotation id 102: bbox must be four numbers"),
+]
+
+
+@pytest.mark.parametrize("edit, message", TWO_ERRORS)
+def test_the_first_bad_annotation_in_file_order_is_reported(raw_coco, edit, message):
+    path, images = raw_coco(edit=edit)
+    with pytest.raises(AnnotationError if "outside" not in message else InvalidBoxError, match=message):
+        _read(path, images)
+
+
+def test_a_malformed_box_of_a_filtered_class_is_no_error(raw_coco):
+    path, images = raw_coco(edit=lambda c: c["annotations"][1].update(bbox="1,2,3,4"))  # a "dog" box
+    counts = Counter()
+    split = _read(path, images, counts=counts, classes=["cat"])
+    assert counts == {"filtered_by_class": 4} and split.boxes.ids.tolist() == [100, 102, 104, 106]

@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from pipeline.data.errors import AnnotationError, ImageError, InvalidBoxError, UnsafePathError
-from pipeline.data.records import ImageRecord
-from pipeline.data.validate import check_box, check_image, check_images, safe_relative_path
+from pipeline.data.records import BoxColumns, Images, Split
+from pipeline.data.validate import check_box, check_images, image_problem, safe_file_name, safe_relative_path
 
 W, H = 100, 80
 WHERE = "a.json: image id 3 annotation id 9"
@@ -62,31 +62,108 @@ def test_safe_file_name_keeps_subfolders():
     assert str(safe_relative_path("sub/dir/x.png", "w")) == "sub/dir/x.png"
 
 
-def _record(path, width=20, height=10):
-    return ImageRecord(id=5, file_name=path.name, width=width, height=height, path=path,
-                       where="src.json: image id 5")
+def _split(tmp_path, files, sizes=None, name="src.json"):
+    """A split of images ``files`` (names under ``tmp_path``), ids 5, 6, ...; sizes default 20x10."""
+    sizes = sizes or [(20, 10)] * len(files)
+    images = Images(ids=np.arange(5, 5 + len(files)), widths=np.array([w for w, _ in sizes]),
+                    heights=np.array([h for _, h in sizes]), file_names=list(files), root=tmp_path,
+                    where_prefix=name)
+    empty = BoxColumns().build()
+    return Split(name="train", class_names=["a"], images=images, boxes=empty, source=name)
+
+
+def _save(path, size=(20, 10), **kw):
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path, **kw)
+    return path
 
 
 def test_missing_image(tmp_path):
     with pytest.raises(ImageError, match="src.json: image id 5: image file .*nope.png not found"):
-        check_image(_record(tmp_path / "nope.png"))
+        check_images([_split(tmp_path, ["nope.png"])])
+    assert "not found" in image_problem(tmp_path / "nope.png", 20, 10)
 
 
-def test_truncated_and_unreadable_images(tmp_path):
-    good = tmp_path / "good.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (10, 20, 3), dtype=np.uint8)).save(good)
-    check_image(_record(good))
-    truncated = tmp_path / "cut.png"
-    truncated.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
-    garbage = tmp_path / "junk.jpg"
-    garbage.write_bytes(b"not an image at all")
-    for path in (truncated, garbage):
-        with pytest.raises(ImageError, match=f"image id 5: image file .*{path.name} is unreadable or truncated"):
-            check_images([_record(good), _record(path)])
+@pytest.mark.parametrize("mode", ["header", "decode"])
+def test_truncated_and_unreadable_images(tmp_path, mode):
+    good = _save(tmp_path / "good.png")
+    good_jpg = _save(tmp_path / "good.jpg", quality=90)
+    assert image_problem(good, 20, 10, mode) is None and image_problem(good_jpg, 20, 10, mode) is None
+    (tmp_path / "cut.png").write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
+    (tmp_path / "cut.jpg").write_bytes(good_jpg.read_bytes()[:-40])  # the scan data ends early, no EOI
+    (tmp_path / "junk.jpg").write_bytes(b"not an image at all")
+    for name in ("cut.png", "cut.jpg", "junk.jpg"):
+        with pytest.raises(ImageError, match=f"image id 6: image file .*{name} is unreadable or truncated"):
+            check_images([_split(tmp_path, ["good.png", name])], mode=mode)
+
+
+def test_trailing_bytes_after_the_end_marker_are_fine(tmp_path):
+    # some cameras append data after the JPEG's end-of-image marker; decoders ignore it
+    jpg = _save(tmp_path / "a.jpg", quality=90)
+    jpg.write_bytes(jpg.read_bytes() + np.random.default_rng(1).bytes(200_000))
+    assert image_problem(jpg, 20, 10, "header") is None and image_problem(jpg, 20, 10, "decode") is None
 
 
 def test_size_mismatch_names_both_sizes(tmp_path):
-    path = tmp_path / "x.png"
-    Image.new("RGB", (20, 10)).save(path)
+    Image.new("RGB", (20, 10)).save(tmp_path / "x.png")
     with pytest.raises(ImageError, match=r"image id 5: annotated size 30x10 differs from .*x.png \(20x10\)"):
-        check_image(_record(path, width=30))
+        check_images([_split(tmp_path, ["x.png"], sizes=[(30, 10)])])
+
+
+def test_worker_processes_report_the_first_bad_record_in_order(tmp_path):
+    names = [f"{i}.jpg" for i in range(9)]
+    for name in names:
+        _save(tmp_path / name, quality=80)
+    check_images([_split(tmp_path, names)], workers=2, chunk_size=2)  # all fine, through the pool
+    (tmp_path / "7.jpg").write_bytes(b"junk")
+    (tmp_path / "4.jpg").unlink()
+    with pytest.raises(ImageError, match=r"image id 9: image file .*4.jpg not found"):
+        check_images([_split(tmp_path, names)], workers=2, chunk_size=2)
+
+
+@pytest.mark.parametrize("name", ["a.jpg", "sub/dir/x-1 (2).png", "a//b.png", "./a.png", "a/./b.png", "a/", ".hidden/x.jpg",
+                                  "é/ü.jpg", "a. ", "x.", "../a.png", "a/../b.png", "/abs.png", "C:x.png", "a\\b.png", " "])
+def test_fast_file_name_check_equals_the_pathlib_one(name):
+    try:
+        expected = str(safe_relative_path(name, "w"))
+    except (UnsafePathError, AnnotationError) as err:
+        with pytest.raises(type(err)):
+            safe_file_name(name, "w")
+    else:
+        assert safe_file_name(name, "w") == expected
+
+
+def _variants(tmp_path):
+    """JPEGs as cameras and tools write them (progressive, EXIF, grey, CMYK, ICC) and PNGs, 37 x 23."""
+    rgb = np.random.default_rng(2).integers(0, 255, (23, 37, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: stored size is still 37 x 23
+    exif[0x010F] = "camera"
+    out = []
+    for name, image, kw in [("plain.jpg", Image.fromarray(rgb), {}),
+                            ("progressive.jpg", Image.fromarray(rgb), {"progressive": True}),
+                            ("exif.jpg", Image.fromarray(rgb), {"exif": exif, "icc_profile": b"\0" * 3000}),
+                            ("grey.jpg", Image.fromarray(rgb[..., 0]), {}),
+                            ("cmyk.jpg", Image.fromarray(rgb).convert("CMYK"), {}),
+                            ("rgb.png", Image.fromarray(rgb), {}),
+                            ("palette.png", Image.fromarray(rgb).convert("P"), {})]:
+        image.save(tmp_path / name, **kw)
+        out.append(tmp_path / name)
+    return out
+
+
+def test_header_mode_reads_the_size_like_pil_and_flags_every_truncation(tmp_path):
+    from pipeline.data.validate import _fast_header
+
+    for path in _variants(tmp_path):
+        with open(path, "rb") as f:
+            fmt, size, complete = _fast_header(f)
+        with Image.open(path) as image:
+            assert (size, fmt) == (image.size, image.format.replace("MPO", "JPEG")), path.name
+        assert complete and image_problem(path, 37, 23) is None
+        assert "differs" in image_problem(path, 23, 37)
+        data = path.read_bytes()
+        cut = tmp_path / f"cut-{path.name}"
+        for end in list(range(0, len(data), max(1, len(data) // 40))) + [len(data) - 1]:
+            cut.write_bytes(data[:end])
+            problem = image_problem(cut, 37, 23)
+            assert problem is not None and "unreadable or truncated" in problem, (path.name, end, problem)

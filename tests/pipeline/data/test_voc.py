@@ -21,16 +21,18 @@ def test_voc_split_difficult_and_one_based_boxes(tmp_path, voc_folder):
     counts = _counts()
     train, val = read_voc(root, "error", counts, seed=0, val_fraction=0.5)
     assert train.class_names == ["cat", "dog", "person"]
-    assert [r.file_name for r in train.images] == ["2008_000001.jpg", "2008_000002.jpg"]
-    assert [r.file_name for r in val.images] == ["2008_000003.jpg"]
-    dog, cat = train.images[0].boxes
+    assert train.images.file_names == ["2008_000001.jpg", "2008_000002.jpg"]
+    assert val.images.file_names == ["2008_000003.jpg"]
+    b = train.boxes
+    assert b.image.tolist() == [0, 0, 1]
     # xmin=1..xmax=10 (1-based, inclusive) covers 0-based pixels 0..9: x=0, w=10
-    assert (dog.bbox, dog.label, dog.iscrowd) == ([0, 0, 10, 20], 2, 0)
+    assert (b.xywh[0].tolist(), b.labels[0], b.iscrowd[0], b.difficult[0]) == ([0, 0, 10, 20], 2, 0, False)
     # the full-image box 5..50 x 6..40 ends exactly at the 50x40 border
-    assert (cat.bbox, cat.label, cat.iscrowd, cat.difficult) == ([4, 5, 46, 35], 1, 1, True)
-    assert train.images[1].boxes[0].bbox == [2, 3, 1, 1]  # a one-pixel box
+    assert (b.xywh[1].tolist(), b.labels[1], b.iscrowd[1], b.difficult[1]) == ([4, 5, 46, 35], 1, 1, True)
+    assert b.xywh[2].tolist() == [2, 3, 1, 1]  # a one-pixel box
     assert counts["train"]["difficult"] == 1
-    assert train.images[0].path == root / "JPEGImages" / "2008_000001.jpg"
+    assert train.images.path(0) == root / "JPEGImages" / "2008_000001.jpg"
+    assert train.images.where(0).endswith("2008_000001.xml (image 2008_000001)")
 
 
 def test_voc_without_split_files_uses_a_seeded_split(tmp_path, voc_folder):
@@ -38,8 +40,8 @@ def test_voc_without_split_files_uses_a_seeded_split(tmp_path, voc_folder):
     train, val = read_voc(root, "error", _counts(), seed=3, val_fraction=0.3)
     assert len(train.images) == 7 and len(val.images) == 3
     again = read_voc(root, "error", _counts(), seed=3, val_fraction=0.3)
-    assert [r.file_name for r in again[1].images] == [r.file_name for r in val.images]
-    ids = [r.id for r in train.images + val.images]
+    assert again[1].images.file_names == val.images.file_names
+    ids = train.images.ids.tolist() + val.images.ids.tolist()
     assert len(set(ids)) == 10
 
 
@@ -50,7 +52,7 @@ def test_voc_class_subset_and_box_policy(tmp_path, voc_folder):
         read_voc(root, "error", _counts(), 0, 0.2)
     counts = _counts()
     train, _ = read_voc(root, "clip", counts, 0, 0.2, classes=["dog"])
-    assert train.class_names == ["dog"] and train.images[0].boxes[0].bbox == [0, 0, 50, 10]
+    assert train.class_names == ["dog"] and train.boxes.xywh.tolist() == [[0, 0, 50, 10]]
     assert counts["train"] == {"clipped": 1, "filtered_by_class": 1}
 
 
