@@ -3,9 +3,11 @@
 Layer 3 of 3 (see :mod:`pipeline.training`): Ray Train V2 cannot hand a ``TorchTrainer`` to
 a ``Tuner``, so each trial is a plain function that reports the anchor fit of its config
 at epoch 0 (free: no training needed), then calls :func:`pipeline.training.fit`, whose
-``TuneReportCallback`` forwards rank 0's per-epoch metrics (``epoch``, ``AP50``, ``AP``)
-to Tune, where ASHA may stop the trial. The trial itself reserves (almost) no resources;
-its DDP workers reserve theirs.
+``TuneReportCallback`` forwards rank 0's per-epoch metrics (``epoch``, ``AP50``, ``AP``, the
+progress rows) to Tune, where ASHA may stop the trial and the sweep's driver tracks them
+(:class:`pipeline.tuning.tracking.TrialTracker`): a trial never touches the tracking store,
+so it may run on any node. The trial itself reserves (almost) no resources; its DDP workers
+reserve theirs.
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ class TrialSpec:
     base: dict[str, Any]
     data_dir: str
     train_storage: str            # Ray Train runs of the trials: <train_storage>/<trial_id>
-    parent_run_id: str | None     # the sweep's MLflow run
     metric: str
     sweep_id: str
     root: str
@@ -65,10 +66,9 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     trial_id = tune.get_context().get_trial_id()
     params = trial_params(spec.base, config)
     tune.report({"epoch": 0, **anchor_report(params, spec.data_dir)})
-    tags = {"tune.trial_id": trial_id, "tune.sweep_id": spec.sweep_id,
-            "tune.config": json.dumps(config, sort_keys=True, default=str)}
+    # no tracking here (the sweep's driver logs what Tune receives); preflight ran once for the sweep
     result = fit(params, run_name=trial_id, storage_path=spec.train_storage, callbacks=[TuneReportCallback()],
-                 mlflow_parent_run_id=spec.parent_run_id, data_dir=spec.data_dir, tags=tags, root=spec.root)
+                 data_dir=spec.data_dir, root=spec.root, track=False, check=False)
     if not any(spec.metric in row for row in result.history):
         raise RuntimeError(f"trial {trial_id}: training reported no {spec.metric} (tune.metric); "
                            f"validation must run every epoch")
