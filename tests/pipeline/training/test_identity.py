@@ -83,3 +83,14 @@ def test_state_root_is_the_dvc_repository(tmp_path, monkeypatch):
     assert storage.state_root(tmp_path / "copy") == repo.resolve()
     monkeypatch.setenv("DVC_ROOT", str(tmp_path / "gone"))
     assert storage.state_root() == tmp_path.resolve()
+
+
+def test_sweep_name_follows_the_sweep_code(tiny_params, tiny_coco, monkeypatch):
+    from pipeline.tuning.sweep import experiment_name
+
+    params = tiny_params()
+    name = experiment_name(params, tiny_coco)
+    assert name == experiment_name(tiny_params("tune.max_concurrent_trials=4", "ray.storage_path=/x"), tiny_coco)
+    seen = []
+    monkeypatch.setattr(identity, "code_fingerprint", lambda entries: seen.append(entries) or "f" * 64)
+    assert experiment_name(params, tiny_coco) != name and seen == [identity.SWEEP_CODE]
