@@ -82,7 +82,8 @@ def fit(params: Params, *, run_name: str, storage_path: str, callbacks: Sequence
         mlflow_parent_run_id: str | None = None, data_dir: str | Path = "data/prepared",
         reports_dir: str | Path | None = None, artifacts: Sequence[str | Path] = (),
         tags: dict[str, str] | None = None, root: str | Path = ".", track: bool = True, check: bool = True,
-        identity: RunIdentity | None = None, log: Callable[[str], None] | None = None) -> TrainResult:
+        identity: RunIdentity | None = None, sinks: Sequence[Any] = (),
+        log: Callable[[str], None] | None = None) -> TrainResult:
     """Train ``params`` with Ray Train (DDP) and track it in MLflow; resume ``run_name`` if it exists.
 
     Args:
@@ -102,6 +103,8 @@ def fit(params: Params, *, run_name: str, storage_path: str, callbacks: Sequence
         track: False: no MLflow at all (a Tune trial: the sweep's driver tracks its reports).
         check: False: skip :func:`preflight` (the caller ran it).
         identity: the run's identity (default: from the params, data and training code).
+        sinks: more receivers of every epoch report on the driver's side (objects with
+            ``on_epoch(report)``, see :mod:`pipeline.training.progress`), besides MLflow.
         log: where progress messages go (default: stderr with a ``[train]`` prefix).
 
     Raises:
@@ -140,7 +143,7 @@ def fit(params: Params, *, run_name: str, storage_path: str, callbacks: Sequence
 
     rp = params.ray
     mlflow_run = None
-    sinks: list[Any] = []
+    sinks = list(sinks)
     if track:
         run_tags = {
             "git_commit": tracking.git_commit(root), **identity.tags(),
@@ -152,7 +155,7 @@ def fit(params: Params, *, run_name: str, storage_path: str, callbacks: Sequence
             ray_run=ray_run, root=root, params={"model": params.model, "train": params.to_dict()["train"]},
             tags=run_tags, parent_run_id=mlflow_parent_run_id,
         )
-        sinks.append(progress.MlflowMetrics(tracking_uri, mlflow_run["run_id"]))
+        sinks.insert(0, progress.MlflowMetrics(tracking_uri, mlflow_run["run_id"]))
     storage.write_json(record_path, {"status": "running", "run_name": run_name, "identity": identity.to_dict(),
                                      "mlflow_run": dict(mlflow_run) if mlflow_run else None})
     score = rp.checkpoint_score_attribute

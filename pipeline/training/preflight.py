@@ -225,12 +225,17 @@ def _node_check(manifest: DataManifest, storage_probe: str | None, versions: dic
 
 def check_nodes(nodes: list[NodeShape], manifest: DataManifest, storage_path: str,
                 timeout_s: float = NODE_CHECK_TIMEOUT_S) -> None:
-    """Run :func:`_node_check` on each of ``nodes``; raise one :class:`PreflightError` listing every problem."""
+    """Run :func:`_node_check` on each of ``nodes``; raise one :class:`PreflightError` listing every problem.
+
+    The driver's own node is checked in this process (same files, same libraries); every other
+    node by a tiny task pinned to it.
+    """
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from pipeline.training import identity, storage
 
+    here = ray.get_runtime_context().get_node_id()
     probe = storage.write_probe(storage_path)
     try:
         task = ray.remote(_node_check)
@@ -238,10 +243,13 @@ def check_nodes(nodes: list[NodeShape], manifest: DataManifest, storage_path: st
                     num_cpus=0, max_retries=0,
                     scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),
                 ).remote(manifest, probe, identity.library_versions())
-                for node in nodes}
-        ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)
+                for node in nodes if node.node_id != here}
+        ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s) if refs else ([], [])
         results: dict[str, dict[str, Any]] = {}
         for node in nodes:
+            if node.node_id == here:
+                results[here] = {"data": check_data_files(manifest), "storage": [], "versions": []}
+                continue
             ref = refs[node.node_id]
             if ref not in ready:
                 results[node.node_id] = {"error": f"did not answer within {timeout_s:.0f} s"}
