@@ -147,7 +147,7 @@ class TrainParams:
 @dataclass
 class RayParams:
     address: str | None = None
-    num_workers: int = 1
+    num_workers: int | list[int] = 1         # or [min, max]: elastic (Ray Train resizes between them)
     use_gpu: bool = False
     cpus_per_worker: float = 1
     storage_path: str | None = None
@@ -157,9 +157,32 @@ class RayParams:
     checkpoint_score_attribute: str | None = None  # null: keep the latest; e.g. AP50 (max) or loss (min)
 
     def __post_init__(self) -> None:
-        _positive(self, "ray", ["num_workers", "cpus_per_worker", "checkpoints_to_keep"])
+        if isinstance(self.num_workers, list):
+            if len(self.num_workers) != 2 or not 0 < self.num_workers[0] <= self.num_workers[1]:
+                raise ParamsError(f"ray.num_workers: {self.num_workers} must be a positive int or [min, max] "
+                                  f"with 0 < min <= max")
+        elif self.num_workers <= 0:
+            raise ParamsError(f"ray.num_workers: {self.num_workers} must be > 0")
+        _positive(self, "ray", ["cpus_per_worker", "checkpoints_to_keep"])
         if self.max_failures < -1:
             raise ParamsError(f"ray.max_failures: {self.max_failures} must be >= -1 (-1 retries forever)")
+
+    @property
+    def min_workers(self) -> int:
+        return self.num_workers[0] if isinstance(self.num_workers, list) else self.num_workers
+
+    @property
+    def max_workers(self) -> int:
+        return self.num_workers[1] if isinstance(self.num_workers, list) else self.num_workers
+
+    @property
+    def elastic(self) -> bool:
+        """True when the worker count may change during the run (``num_workers: [min, max]``, min < max)."""
+        return self.min_workers != self.max_workers
+
+    def scaling_num_workers(self) -> int | tuple[int, int]:
+        """``ScalingConfig(num_workers=...)``: an int, or ``(min, max)`` for elastic training."""
+        return (self.min_workers, self.max_workers) if self.elastic else self.max_workers
 
 
 @dataclass

@@ -9,7 +9,11 @@ Ray Train (:func:`pipeline.training.fit`) and writes:
 - ``reports/train.json`` (the summary), ``reports/train_metrics.json`` (the DVC metric: ``images_per_s``
   and ``train_time_s``), ``reports/train_curve.csv`` (DVC plot), ``reports/loss_curve.png``.
 
-Rerunning with the same params and data resumes the interrupted Ray run of the same name.
+The run is named from everything the model depends on (params, data, code, torch/torchvision;
+:mod:`pipeline.training.identity`): rerunning with identical inputs resumes an interrupted run,
+or reuses a finished one (nothing trained, no new model version); any change trains afresh.
+Under ``dvc exp run --temp/--queue`` the default ``ray_results/``, ``mlflow.db`` and ``mlruns/``
+are in the DVC repository (``DVC_ROOT``), not in the temporary copy DVC deletes.
 """
 
 from __future__ import annotations
@@ -35,19 +39,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default="data/prepared",
                         help="prepared data with train.json/val.json (default: data/prepared)")
     parser.add_argument("--run-name", default=None,
-                        help="Ray run name (default: train-<hash of the params and data>); "
-                             "an existing run of that name is resumed")
+                        help="Ray run name (default: train-<hash of the params, data and code>); "
+                             "an existing run of that name is resumed (or reused, if finished)")
     parser.add_argument("--fresh", action="store_true",
-                        help="start a new run even if an interrupted one with these params exists")
+                        help="start a new run even if an interrupted or finished one with these inputs exists")
 
 
 def run(params: Params, args: argparse.Namespace) -> int:
-    from pipeline.training import driver
-    from pipeline.training.loop import NonFiniteLossError
+    import ray
 
-    root = Path.cwd()
+    from pipeline.training import driver
+    from pipeline.training.identity import result_params, run_identity
+    from pipeline.training.loop import NonFiniteLossError
+    from pipeline.training.storage import state_root
+
+    root = state_root()
     data_dir = Path(getattr(args, "data_dir", "data/prepared"))
-    run_name = getattr(args, "run_name", None) or driver.default_run_name(params, data_dir)
+    identity = run_identity(result_params(params), data_dir)
+    run_name = getattr(args, "run_name", None) or f"train-{identity.digest()}"
     if getattr(args, "fresh", False):
         run_name += time.strftime("-%Y%m%d-%H%M%S")
     storage_path = driver.resolve_storage_path(params.ray.storage_path, root)
@@ -56,18 +65,18 @@ def run(params: Params, args: argparse.Namespace) -> int:
         tags["dvc_exp_name"] = os.environ["DVC_EXP_NAME"]
     artifacts = [Path(params.source_path or "params.yaml"), *map(Path, ARTIFACTS)]
 
-    _say(f"run {run_name}: {params.ray.num_workers} worker(s), storage {storage_path}")
-    started = driver.ensure_ray(params.ray.address)
+    workers = params.ray.num_workers
+    workers = f"{workers[0]}..{workers[1]}" if isinstance(workers, list) else workers
+    _say(f"run {run_name}: {workers} worker(s), storage {storage_path}")
+    ray_was_running = ray.is_initialized()
     try:
         result = driver.fit(params, run_name=run_name, storage_path=storage_path, data_dir=data_dir,
-                            reports_dir=REPORTS_DIR, artifacts=artifacts, tags=tags, root=root)
+                            reports_dir=REPORTS_DIR, artifacts=artifacts, tags=tags, root=root, identity=identity)
     except (driver.PreflightError, driver.TrainingError, NonFiniteLossError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     finally:
-        if started:
-            import ray
-
+        if not ray_was_running and ray.is_initialized():
             ray.shutdown()
 
     from detector import save_checkpoint
@@ -80,6 +89,10 @@ def run(params: Params, args: argparse.Namespace) -> int:
     headline = {key: result.summary[key] for key in HEADLINE if key in result.summary}
     (REPORTS_DIR / "train_metrics.json").write_text(json.dumps(headline, indent=2) + "\n")
     s = result.summary
+    if result.reused:
+        _say(f"model of the finished run {result.run_name} -> {MODEL_PATH}, MLflow run "
+             f"{(result.mlflow_run or {}).get('run_id')}")
+        return 0
     _say(f"done: {s['epochs']} epochs, loss {s.get('loss', float('nan')):.3f}, {s['images_per_s']:.1f} img/s, "
          f"{s['wall_time_s']:.0f}s; model -> {MODEL_PATH}, MLflow run {result.mlflow_run['run_id']}"
          + (f" (model {result.model_uri})" if result.model_uri else ""))

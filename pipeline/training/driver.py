@@ -1,33 +1,44 @@
-"""The driver: preflight checks, the ``TorchTrainer``, MLflow run and final model.
+"""The driver: run identity, preflight checks, the ``TorchTrainer``, tracking and the final model.
 
 Layer 2 of 3: ``loop.train_loop_per_worker`` runs on every DDP rank (layer 1); :func:`fit`
 builds and runs the ``TorchTrainer`` around it; the ``train`` stage (``pipeline/train.py``)
 and the Tune sweep (layer 3, one :func:`fit` per trial) call :func:`fit`.
 
-Resuming: Ray Train V2 resumes a run automatically when ``fit`` is called again with the
-same ``RunConfig(name, storage_path)``. The stage names its run from a hash of everything
-the training reads (:func:`default_run_name`), so rerunning after an interruption resumes
-and a changed config starts afresh.
+Identity and resuming: the stage names its run ``train-<digest>`` from everything the result
+depends on (:mod:`pipeline.training.identity`: params, data, code, torch/torchvision). Ray
+Train V2 resumes a run when ``fit`` is called again with the same ``RunConfig(name,
+storage_path)``, so an interrupted run with identical inputs resumes, and any change (a code
+edit included) starts a new run. Each run folder holds a record (:data:`RUN_RECORD`) of its
+identity and status; a *finished* run with identical inputs is reused as it is ("reusing
+finished run X": nothing is trained, logged or registered again).
+
+Tracking happens on the driver's side only (:mod:`pipeline.training.progress`): workers report,
+a Ray Train callback in the controller logs to MLflow, so no worker needs the tracking store.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
 import os
+import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipeline.params import Params
+from pipeline.training import storage
+from pipeline.training.cluster import ensure_ray
+from pipeline.training.identity import RunIdentity, result_params, run_identity
 from pipeline.training.loop import NonFiniteLossError
+from pipeline.training.preflight import PreflightError, preflight
+from pipeline.training.storage import resolve_storage_path
 
-__all__ = ["PreflightError", "TrainResult", "TrainingError", "default_run_name", "ensure_ray", "fit",
+__all__ = ["RUN_RECORD", "PreflightError", "TrainResult", "TrainingError", "default_run_name", "ensure_ray", "fit",
            "preflight", "resolve_storage_path"]
+
+RUN_RECORD = "detpipe_run.json"  # in the Ray run folder: identity, status, final checkpoint, MLflow run
 
 # Test-only hooks, read here (never in the loop) and passed to the workers in their config.
 DEBUG_ENV = {
@@ -36,11 +47,8 @@ DEBUG_ENV = {
     "fault_marker": "DETPIPE_FAULT_MARKER",     # ... once: only if it can create this file
     "fault_rank": "DETPIPE_FAULT_RANK",         # which rank (default: the last)
     "nonfinite_at_step": "DETPIPE_NONFINITE_AT_STEP",  # the loss becomes NaN at this global step
+    "hang_at_step": "DETPIPE_HANG_AT_STEP",     # a worker stops at this global step (a hung node), once (marker)
 }
-
-
-class PreflightError(RuntimeError):
-    """The cluster, storage or tracking server cannot run this training; raised before it starts."""
 
 
 class TrainingError(RuntimeError):
@@ -49,7 +57,11 @@ class TrainingError(RuntimeError):
 
 @dataclass
 class TrainResult:
-    """What :func:`fit` returns. ``model`` is the final model on CPU in eval mode."""
+    """What :func:`fit` returns. ``model`` is the final model on CPU in eval mode.
+
+    ``reused`` is True when a finished run with identical inputs was found and nothing was
+    trained: its MLflow run and model are the earlier ones, and no model version was registered.
+    """
 
     run_name: str
     run_path: str                      # the Ray run folder: <storage_path>/<run_name>
@@ -62,71 +74,100 @@ class TrainResult:
     mlflow_run: dict[str, str] | None = None  # {"run_id", "tracking_uri", "experiment_id"}
     model_uri: str | None = None              # models:/NAME/VERSION if registered, else models:/m-... (logged)
     reports: dict[str, str] = field(default_factory=dict)  # name -> path of the written reports
+    reused: bool = False
+    identity: dict[str, str] = field(default_factory=dict)
 
 
 def fit(params: Params, *, run_name: str, storage_path: str, callbacks: Sequence[Any] = (),
         mlflow_parent_run_id: str | None = None, data_dir: str | Path = "data/prepared",
         reports_dir: str | Path | None = None, artifacts: Sequence[str | Path] = (),
-        tags: dict[str, str] | None = None, root: str | Path = ".") -> TrainResult:
+        tags: dict[str, str] | None = None, root: str | Path = ".", track: bool = True, check: bool = True,
+        identity: RunIdentity | None = None, sinks: Sequence[Any] = (),
+        log: Callable[[str], None] | None = None) -> TrainResult:
     """Train ``params`` with Ray Train (DDP) and track it in MLflow; resume ``run_name`` if it exists.
 
     Args:
         params: the typed params; reads ``model``, ``train``, ``ray``, ``mlflow``,
             ``data.resize``.
-        run_name: Ray run name; the same name and storage path resume that run.
+        run_name: Ray run name; the same name and storage path resume that run (or reuse it,
+            when it finished with identical inputs).
         storage_path: absolute folder or URI (``s3://...``) shared by all nodes.
         callbacks: Ray Train ``UserCallback``s, e.g. Tune's ``TuneReportCallback()``.
-        mlflow_parent_run_id: nest this training's MLflow run under that run (Tune sweeps).
+        mlflow_parent_run_id: nest this training's MLflow run under that run.
         data_dir: folder with ``train.json``/``val.json`` (COCO format) and their images.
         reports_dir: where ``train.json``, ``train_curve.csv`` and ``loss_curve.png`` are written
             (default: a temporary folder; they are logged to MLflow either way).
         artifacts: extra files logged to the MLflow run when present (params.yaml, data reports).
         tags: extra MLflow run tags.
-        root: the project root: default ``mlflow.db``/``mlruns`` location and ``detector/`` code.
+        root: the state root: default ``mlflow.db``/``mlruns`` location.
+        track: False: no MLflow at all (a Tune trial: the sweep's driver tracks its reports).
+        check: False: skip :func:`preflight` (the caller ran it).
+        identity: the run's identity (default: from the params, data and training code).
+        sinks: more receivers of every epoch report on the driver's side (objects with
+            ``on_epoch(report)``, see :mod:`pipeline.training.progress`), besides MLflow.
+        log: where progress messages go (default: stderr with a ``[train]`` prefix).
 
     Raises:
-        PreflightError: not enough CPUs/GPUs, storage not writable, MLflow not reachable.
+        PreflightError: the workers can never be placed, storage not writable, MLflow not
+            reachable, a node cannot read the data.
         NonFiniteLossError: a loss became NaN/inf (the message names the step and the terms).
         TrainingError: Ray Train failed (e.g. more worker failures than ``ray.max_failures``).
     """
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from pipeline.training import tracking
+    from pipeline.training import progress, tracking
 
+    log = log or _say
     root = Path(root).resolve()
     data_dir = Path(data_dir).resolve()
     for split in ("train.json", "val.json"):
         if not (data_dir / split).is_file():
             raise FileNotFoundError(f"{data_dir / split} not found: run `python -m pipeline prepare` first")
     storage_path = resolve_storage_path(storage_path, root)
-    tracking_uri = tracking.resolve_tracking_uri(params.mlflow.tracking_uri, root)
+    ray_run = storage.join(storage_path, run_name)
+    record_path = storage.join(ray_run, RUN_RECORD)
+    identity = identity or run_identity(result_params(params), data_dir)
+    record = storage.read_json(record_path) or {}
+    changed = identity.differences(record.get("identity")) if record else []
+    if record.get("status") == "finished" and not changed:
+        return _reuse(record, params, run_name=run_name, ray_run=ray_run, reports_dir=reports_dir, log=log)
+    if changed:  # only with an explicit run name: default names contain the identity
+        _check_continuable(run_name, record, changed, params)
+        log(f"warning: run {run_name} was made with other {', '.join(changed)}; continuing it as asked")
+    tracking_uri = tracking.resolve_tracking_uri(params.mlflow.tracking_uri, root) if track else None
 
     ensure_ray(params.ray.address)
-    preflight(params, storage_path=storage_path, tracking_uri=tracking_uri)
+    if check:
+        preflight(params, storage_path=storage_path, tracking_uri=tracking_uri, data_dir=data_dir, log=log)
 
     rp = params.ray
-    ray_run = f"{storage_path.rstrip('/')}/{run_name}"
-    run_tags = {
-        "git_commit": tracking.git_commit(root), "params_hash": params_hash(params, data_dir),
-        "world_size": str(rp.num_workers), "device": "cuda" if rp.use_gpu else "cpu",
-        "ray_run_name": run_name, **(tags or {}),
-    }
-    mlflow_run = tracking.start_run(
-        tracking_uri=tracking_uri, experiment_name=params.mlflow.experiment_name, run_name=run_name,
-        ray_run=ray_run, root=root, params={"model": params.model, "train": params.to_dict()["train"]},
-        tags=run_tags, parent_run_id=mlflow_parent_run_id,
-    )
+    mlflow_run = None
+    sinks = list(sinks)
+    if track:
+        run_tags = {
+            "git_commit": tracking.git_commit(root), **identity.tags(),
+            "world_size": "..".join(map(str, rp.num_workers)) if isinstance(rp.num_workers, list) else str(rp.num_workers),
+            "device": "cuda" if rp.use_gpu else "cpu", "ray_run_name": run_name, **(tags or {}),
+        }
+        mlflow_run = tracking.start_run(
+            tracking_uri=tracking_uri, experiment_name=params.mlflow.experiment_name, run_name=run_name,
+            ray_run=ray_run, root=root, params={"model": params.model, "train": params.to_dict()["train"]},
+            tags=run_tags, parent_run_id=mlflow_parent_run_id,
+        )
+        sinks.insert(0, progress.MlflowMetrics(tracking_uri, mlflow_run["run_id"]))
+    storage.write_json(record_path, {"status": "running", "run_name": run_name, "identity": identity.to_dict(),
+                                     "mlflow_run": dict(mlflow_run) if mlflow_run else None})
     score = rp.checkpoint_score_attribute
     trainer = TorchTrainer(
         _train_fn,
-        train_loop_config={"params": params, "data_dir": str(data_dir), "debug": _debug_hooks(rp.num_workers),
-                           "mlflow": {"tracking_uri": tracking_uri, "run_id": mlflow_run["run_id"]}},
-        scaling_config=ray.train.ScalingConfig(num_workers=rp.num_workers, use_gpu=rp.use_gpu,
+        train_loop_config={"params": params, "data_dir": str(data_dir), "debug": _debug_hooks(rp.max_workers)},
+        scaling_config=ray.train.ScalingConfig(num_workers=rp.scaling_num_workers(), use_gpu=rp.use_gpu,
                                                resources_per_worker=_resources_per_worker(params)),
         torch_config=TorchConfig(backend="nccl" if rp.use_gpu else "gloo"),
         run_config=ray.train.RunConfig(
-            name=run_name, storage_path=storage_path, callbacks=list(callbacks),
+            name=run_name, storage_path=storage_path,
+            callbacks=[progress.ProgressCallback(sinks), *callbacks] if sinks else list(callbacks),
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),  # progress comes from rank 0
             failure_config=ray.train.FailureConfig(max_failures=rp.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(
@@ -138,43 +179,97 @@ def fit(params: Params, *, run_name: str, storage_path: str, callbacks: Sequence
     try:
         result = trainer.fit()
     except Exception as err:
-        tracking.mark_failed(mlflow_run)
+        if mlflow_run:
+            tracking.mark_failed(mlflow_run)
         raise TrainingError(f"training run {run_name} failed: {err}") from err
     wall_time = time.perf_counter() - start
     outcome = result.return_value or {}
     if outcome.get("status") == "nonfinite":
-        tracking.mark_failed(mlflow_run)
+        if mlflow_run:
+            tracking.mark_failed(mlflow_run)
         raise NonFiniteLossError(outcome["error"])
     if result.checkpoint is None:
-        tracking.mark_failed(mlflow_run)
+        if mlflow_run:
+            tracking.mark_failed(mlflow_run)
         raise TrainingError(f"training run {run_name} finished without a checkpoint")
 
     saved = _load_final_state(result.checkpoint)
     model = _build_model(saved)
     history = sorted(saved["history"], key=lambda r: r["epoch"])
-    summary = _summary(history, wall_time=wall_time, world_size=saved["world_size"], params=params,
-                       run_name=run_name)
+    summary = _summary(history, wall_time=wall_time, world_size=saved["world_size"], params=params)
+    written = _write_reports(history, summary, reports_dir)
+    model_uri = None
+    if mlflow_run:
+        from pipeline.serving.config import ServingConfig
 
-    from pipeline.serving.config import ServingConfig
+        model_uri = tracking.log_final(
+            mlflow_run, model=model, artifacts=[*written.values(), *(Path(a) for a in artifacts)],
+            log_model=params.mlflow.log_model, registered_model_name=params.mlflow.registered_model_name,
+            alias=params.mlflow.registered_model_alias, val_metrics=summary, run_tags=run_tags,
+            serving=ServingConfig(min_size=params.data.resize.min_size, max_size=params.data.resize.max_size),
+        )
+    storage.write_json(record_path, {
+        "status": "finished", "run_name": run_name, "identity": identity.to_dict(),
+        "checkpoint_path": result.checkpoint.path, "epochs": len(history), "wall_time_s": round(wall_time, 2),
+        "mlflow_run": dict(mlflow_run) if mlflow_run else None, "model_uri": model_uri,
+    })
+    return TrainResult(
+        run_name=run_name, run_path=ray_run, checkpoint_path=result.checkpoint.path, history=history,
+        summary=summary, model=model, model_config=saved["model_config"], class_names=saved["class_names"],
+        mlflow_run=dict(mlflow_run) if mlflow_run else None, model_uri=model_uri,
+        reports={k: str(v) for k, v in written.items()}, identity=identity.to_dict(),
+    )
+
+
+def _check_continuable(run_name: str, record: dict[str, Any], changed: list[str], params: Params) -> None:
+    """A finished run continues under its name only to train more epochs with the same code and data."""
+    if record.get("status") != "finished":
+        return
+    hint = "start a new run (--fresh, or another --run-name)"
+    if set(changed) - {"params"}:
+        raise TrainingError(f"run {run_name} finished with other {', '.join(c for c in changed if c != 'params')}; "
+                            f"continuing it would mix them into one model: {hint}")
+    done = int(record.get("epochs") or 0)
+    if done >= params.train.epochs:
+        raise TrainingError(f"run {run_name} already finished {done} epoch(s) with other params; continuing it "
+                            f"to train.epochs={params.train.epochs} would train nothing: {hint}")
+
+
+def _reuse(record: dict[str, Any], params: Params, *, run_name: str, ray_run: str,
+           reports_dir: str | Path | None, log: Callable[[str], None]) -> TrainResult:
+    """The result of the finished run ``record`` describes, read back from its final checkpoint."""
+    import ray.train
+
+    path = record.get("checkpoint_path")
+    if not path or not storage.exists(path):
+        raise TrainingError(f"run {run_name} finished, but its final checkpoint {path} is gone; "
+                            f"start a new run with --fresh (or remove {ray_run})")
+    mlflow_run = record.get("mlflow_run")
+    log(f"reusing finished run {run_name}" + (f" (MLflow run {mlflow_run['run_id']})" if mlflow_run else "")
+        + ": same params, data, code and torch/torchvision; nothing to train, no new model version")
+    saved = _load_final_state(ray.train.Checkpoint(path))
+    history = sorted(saved["history"], key=lambda r: r["epoch"])
+    summary = _summary(history, wall_time=float(record.get("wall_time_s") or 0.0), world_size=saved["world_size"],
+                       params=params)
+    written = _write_reports(history, summary, reports_dir)
+    return TrainResult(
+        run_name=run_name, run_path=ray_run, checkpoint_path=path, history=history, summary=summary,
+        model=_build_model(saved), model_config=saved["model_config"], class_names=saved["class_names"],
+        mlflow_run=mlflow_run, model_uri=record.get("model_uri"), reports={k: str(v) for k, v in written.items()},
+        reused=True, identity=dict(record.get("identity") or {}),
+    )
+
+
+def _write_reports(history: list[dict[str, Any]], summary: dict[str, Any],
+                   reports_dir: str | Path | None) -> dict[str, Path]:
     from pipeline.training import reports
 
     out_dir = Path(reports_dir) if reports_dir is not None else Path(tempfile.mkdtemp(prefix="train-reports-"))
-    written = {
+    return {
         "train_json": reports.write_summary(summary, out_dir / "train.json"),
         "train_curve_csv": reports.write_curve_csv(history, out_dir / "train_curve.csv"),
         "loss_curve_png": reports.write_loss_png(history, out_dir / "loss_curve.png"),
     }
-    model_uri = tracking.log_final(
-        mlflow_run, model=model, artifacts=[*written.values(), *(Path(a) for a in artifacts)],
-        log_model=params.mlflow.log_model, registered_model_name=params.mlflow.registered_model_name,
-        alias=params.mlflow.registered_model_alias, val_metrics=summary, run_tags=run_tags,
-        serving=ServingConfig(min_size=params.data.resize.min_size, max_size=params.data.resize.max_size),
-    )
-    return TrainResult(
-        run_name=run_name, run_path=result.path, checkpoint_path=result.checkpoint.path, history=history,
-        summary=summary, model=model, model_config=saved["model_config"], class_names=saved["class_names"],
-        mlflow_run=dict(mlflow_run), model_uri=model_uri, reports={k: str(v) for k, v in written.items()},
-    )
 
 
 def _train_fn(config: dict[str, Any]) -> dict[str, Any]:
@@ -184,144 +279,16 @@ def _train_fn(config: dict[str, Any]) -> dict[str, Any]:
     return train_loop_per_worker(config)
 
 
-# --------------------------------------------------------------------------- cluster
-def ensure_ray(address: str | None) -> bool:
-    """Connect to ``address`` (or ``RAY_ADDRESS``), else start a new local Ray; no-op if connected.
-
-    ``"auto"`` joins the cluster this machine belongs to (``ray start``); ``"local"`` or no
-    address always starts a fresh local instance with this machine's CPUs/GPUs.
-
-    Returns True when this call started/connected Ray (the caller may ``ray.shutdown()``).
-    """
-    import ray
-
-    if ray.is_initialized():
-        return False
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    if address == "local":
-        address = None
-    env_vars = {k: os.environ[k] for k in ("RAY_TRAIN_ENABLE_PRINT_PATCH", "MLFLOW_DISABLE_TELEMETRY")}
-    kwargs: dict[str, Any] = {}
-    # Ray Train's placement-group cleaner (a detached actor) finds the cluster through the State
-    # API; with no address it auto-detects and fails when several Ray instances share the machine
-    # ("Found multiple active Ray instances"), leaking placement groups. Tell it where to look.
-    if address is None:
-        # "local": never join whatever /tmp/ray/ray_current_cluster points at (a stale `ray start`)
-        address = "local"
-        kwargs["dashboard_port"] = _free_port()
-        env_vars["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{kwargs['dashboard_port']}"
-        # Ray Train's PreemptionWatcher watches for nodes being drained (autoscaler, spot); a local
-        # single-machine Ray has none. It is an actor with max_restarts=-1 whose constructor takes the
-        # workers' actor handles, which makes Ray's core worker log an error line on every run
-        # ("... constructor arguments in the object store and max_restarts > 0", ray#53727).
-        env_vars["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
-    elif address != "auto" and "://" not in address:
-        env_vars["RAY_ADDRESS"] = address
-    ray.init(address=address, logging_config=ray.LoggingConfig(log_level="ERROR"), log_to_driver=True,
-             runtime_env={"env_vars": env_vars}, **kwargs)
-    return True
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def preflight(params: Params, *, storage_path: str, tracking_uri: str) -> None:
-    """Fail fast, with a message saying what is missing, instead of waiting forever.
-
-    Checks that the cluster's live nodes can place ``ray.num_workers`` workers of
-    ``resources_per_worker`` each (whole workers per node), that ``storage_path`` is
-    writable and that the MLflow tracking store answers.
-    """
-    import ray
-
-    from pipeline.training import tracking
-
-    rp = params.ray
-    need = _resources_per_worker(params)
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    placeable = 0
-    for node in nodes:
-        have = node.get("Resources", {})
-        placeable += min(math.floor(have.get(k, 0.0) / v + 1e-9) for k, v in need.items() if v > 0)
-    if placeable < rp.num_workers:
-        totals = ray.cluster_resources()
-        asked = ", ".join(f"{v:g} {k}" for k, v in need.items() if v > 0)
-        has = ", ".join(f"{totals.get(k, 0):g} {k}" for k in need)
-        raise PreflightError(
-            f"ray.num_workers={rp.num_workers} workers x ({asked}) do not fit on the cluster "
-            f"({len(nodes)} node(s), {has} in total; at most {placeable} such worker(s) fit). "
-            f"Lower ray.num_workers / ray.cpus_per_worker, set ray.use_gpu=false, or add nodes."
-        )
-    _check_storage(storage_path)
-    try:
-        tracking.check_reachable(tracking_uri)
-    except RuntimeError as err:
-        raise PreflightError(str(err)) from err
+# --------------------------------------------------------------------------- run identity
+def default_run_name(params: Params, data_dir: str | Path) -> str:
+    """``train-<digest>`` of :func:`pipeline.training.identity.run_identity`: identical inputs, same name."""
+    return f"train-{run_identity(result_params(params), data_dir).digest()}"
 
 
 def _resources_per_worker(params: Params) -> dict[str, float]:
-    rp = params.ray
-    out = {"CPU": float(rp.cpus_per_worker), **{k: float(v) for k, v in rp.resources_per_worker.items()}}
-    if rp.use_gpu:
-        out["GPU"] = out.get("GPU", 1.0)
-    return out
+    from pipeline.training.preflight import worker_request
 
-
-def resolve_storage_path(storage_path: str | None, root: str | Path = ".") -> str:
-    """``ray.storage_path`` as an absolute path (or URI); default ``<root>/ray_results``."""
-    if not storage_path:
-        return str((Path(root) / "ray_results").resolve())
-    if "://" in storage_path:
-        return storage_path
-    return str(Path(storage_path).expanduser().resolve())
-
-
-def _check_storage(storage_path: str) -> None:
-    probe_name = f".detpipe-write-test-{os.getpid()}"
-    try:
-        if "://" in storage_path:
-            import pyarrow.fs
-
-            fs, path = pyarrow.fs.FileSystem.from_uri(storage_path)
-            fs.create_dir(path, recursive=True)
-            with fs.open_output_stream(f"{path.rstrip('/')}/{probe_name}") as f:
-                f.write(b"ok")
-            fs.delete_file(f"{path.rstrip('/')}/{probe_name}")
-        else:
-            folder = Path(storage_path)
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / probe_name).write_text("ok")
-            (folder / probe_name).unlink()
-    except Exception as err:
-        raise PreflightError(f"ray.storage_path {storage_path} is not writable ({type(err).__name__}: {err}); "
-                             f"every node needs write access to it (a shared filesystem or s3://...)") from err
-
-
-# --------------------------------------------------------------------------- run identity
-def params_hash(params: Params, data_dir: str | Path | None = None) -> str:
-    """12 hex digits over everything the training result depends on (and the data, if given)."""
-    d = params.to_dict()
-    keyed = {"model": d["model"], "train": d["train"], "resize": d["data"]["resize"],
-             "workers": d["ray"]["num_workers"], "gpu": d["ray"]["use_gpu"]}
-    h = hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode())
-    if data_dir is not None:
-        for split in ("train.json", "val.json"):
-            path = Path(data_dir) / split
-            if path.is_file():
-                h.update(path.read_bytes())
-    return h.hexdigest()[:12]
-
-
-def default_run_name(params: Params, data_dir: str | Path) -> str:
-    """``train-<hash>``: a rerun with the same params and data resumes; a change starts afresh."""
-    return f"train-{params_hash(params, data_dir)}"
+    return worker_request(params)
 
 
 # --------------------------------------------------------------------------- results
@@ -342,8 +309,7 @@ def _build_model(saved: dict[str, Any]) -> Any:
     return model.eval()
 
 
-def _summary(history: list[dict[str, Any]], *, wall_time: float, world_size: int, params: Params,
-             run_name: str) -> dict[str, Any]:
+def _summary(history: list[dict[str, Any]], *, wall_time: float, world_size: int, params: Params) -> dict[str, Any]:
     last = history[-1] if history else {}
     out: dict[str, Any] = {k: v for k, v in last.items() if k == "loss" or k.startswith("loss_")}
     out |= {
@@ -371,3 +337,7 @@ def _debug_hooks(num_workers: int) -> dict[str, Any]:
     if "fault_at_step" in hooks:
         hooks.setdefault("fault_rank", num_workers - 1)
     return hooks
+
+
+def _say(message: str) -> None:
+    print(f"[train] {message}", file=sys.stderr, flush=True)

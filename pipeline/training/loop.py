@@ -9,6 +9,15 @@ rank), every rank calls ``ray.train.report`` once per epoch and rank 0 attaches 
 Epochs are idempotent: the batches and each image's augmentation follow from ``(seed, epoch)``,
 the ranks' RNGs are reseeded from ``(seed, epoch, rank)`` at every epoch start, and a repeated
 epoch replaces its row in the history.
+
+Workers never touch the tracking store: rank 0's epoch report carries the epoch's metrics and
+the progress rows it printed every ``train.log_every`` steps (:mod:`pipeline.training.progress`),
+and the driver logs them. One report per epoch keeps the cost at one barrier per epoch.
+
+Elastic runs: the world size may differ after a restart (``ray.num_workers: [min, max]``). The
+checkpoint records the world size it was written with; the resumed epoch reshards the data for
+the new world, the learning rate is rescaled for the new global batch, and the schedule
+continues from the same point of the run (the start of the resumed epoch).
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ from torch import Tensor, nn
 
 from pipeline.params import Params
 from pipeline.training import state as train_state
-from pipeline.training.optim import build_optimizer, build_scheduler, scaled_lr
+from pipeline.training.optim import build_optimizer, build_scheduler, resume_schedule, scaled_lr
 from pipeline.training.precise_bn import recompute_bn_stats
 
 __all__ = ["NonFiniteLossError", "check_finite", "train_loop_per_worker", "training_targets"]
@@ -68,9 +77,8 @@ def training_targets(targets: list[dict[str, Tensor]]) -> list[dict[str, Tensor]
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     """Train on this rank; returns (on every rank) the status and the per-epoch history.
 
-    ``config`` keys: ``params`` (:class:`Params`), ``data_dir`` (absolute), ``mlflow``
-    (``{"tracking_uri", "run_id"}`` or None), ``debug`` (test hooks: ``record_dir``,
-    ``fault_at_step``, ``fault_marker``, ``nonfinite_at_step``).
+    ``config`` keys: ``params`` (:class:`Params`), ``data_dir`` (absolute), ``debug`` (test
+    hooks: ``record_dir``, ``fault_at_step``, ``fault_marker``, ``hang_at_step``, ``nonfinite_at_step``).
     """
     import ray.train
     import ray.train.torch
@@ -78,6 +86,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     from detector import build_model
     from pipeline.data.dataset import CocoDetectionDataset
     from pipeline.data.transforms import build_transforms
+    from pipeline.training import progress
     from pipeline.training.loader import build_train_loader
 
     _quiet_ray_train_logs()
@@ -87,6 +96,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     data_dir = Path(config["data_dir"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    _require_data(data_dir)
     torch.set_num_threads(max(1, int(params.ray.cpus_per_worker)))
     device = ray.train.torch.get_device()
 
@@ -133,18 +143,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         scheduler.load_state_dict(saved["scheduler"])
         scaler.load_state_dict(saved["scaler"])
         start_epoch, global_step, history = saved["epoch"], saved["global_step"], saved["history"]
+        # this world's learning rate, at the start of the resumed epoch of this world's schedule
+        resume_schedule(optimizer, scheduler, base_lr, start_epoch * steps_per_epoch)
         resumed_optimizer_steps = len(optimizer.state)
         if rank == 0:
-            _say(f"resuming from the checkpoint after epoch {start_epoch} (global step {global_step})")
+            resized = (f"; world size {saved['world_size']} -> {world}: data resharded, lr {base_lr:.3g}"
+                       if saved["world_size"] != world else "")
+            _say(f"resuming from the checkpoint after epoch {start_epoch} (global step {global_step}){resized}")
     _record(debug, rank, "start", {"start_epoch": start_epoch, "global_step": global_step,
                                    "optimizer_state_tensors": resumed_optimizer_steps,
                                    "node_id": ray.get_runtime_context().get_node_id(),
-                                   "world_size": world})
+                                   "world_size": world, "base_lr": base_lr,
+                                   "lr": optimizer.param_groups[0]["lr"], "code": sys.modules["pipeline"].__file__})
 
     val_ds = None
     if rank == 0 and train.val_every:
         val_ds = _eval_dataset(data_dir / "val.json", params)
-    logger = _MlflowLogger(config.get("mlflow")) if rank == 0 else None
     run_start = time.perf_counter()
     steps_done_this_run = 0
 
@@ -156,6 +170,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         images_seen = 0
         epoch_start = time.perf_counter()
         seen_ids: list[int] = []
+        step_rows: list[dict[str, float]] = []  # rank 0's progress rows, reported with the epoch
         for step, (images, targets) in enumerate(loader):
             _maybe_inject_fault(debug, rank, global_step)
             seen_ids += [int(t["image_id"]) for t in targets]
@@ -206,15 +221,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                 _say(f"epoch {epoch + 1}/{train.epochs} step {step + 1}/{steps_per_epoch} "
                      f"loss {reduced['loss']:.3f} ({' '.join(f'{k[5:]} {reduced[k]:.3f}' for k in names)}) "
                      f"lr {lr:.2e} {ips:.1f} img/s ETA {_hms(remaining)}")
-                logger.log({**{f"train/{k}": v for k, v in reduced.items()}, "train/lr": lr,
-                            "train/images_per_s": ips}, step=global_step)
+                step_rows.append({"step": global_step, **reduced, "lr": lr, "images_per_s": ips})
 
         epoch_time = time.perf_counter() - epoch_start
-        _record(debug, rank, f"epoch{epoch}", {"image_ids": seen_ids})
+        _record(debug, rank, f"epoch{epoch}", {"image_ids": seen_ids, "world_size": world,
+                                                 "mlflow_imported": "mlflow" in sys.modules})
         row: dict[str, Any] = {"epoch": epoch + 1}
         row |= {k: v / steps_per_epoch for k, v in sums.items()}
         row |= {"lr": optimizer.param_groups[0]["lr"], "images_per_s": images_seen / epoch_time,
-                "epoch_time_s": epoch_time, "global_step": global_step}
+                "epoch_time_s": epoch_time, "global_step": global_step, "world_size": world}
         if rank == 0 and epoch + 1 == train.epochs and train.precise_bn_images:
             # rank 0's weights are the checkpoint; training is over, so the ranks may now differ
             bn_start = time.perf_counter()
@@ -228,9 +243,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             _say("epoch {}/{} done in {:.1f}s: loss {:.3f}, {:.1f} img/s{}".format(
                 epoch + 1, train.epochs, epoch_time, row["loss"], row["images_per_s"],
                 "".join(f", {k} {row[k]:.3f}" for k in ("AP50", "AP", "val_loss") if k in row)))
-            logger.log({f"epoch/{k}": v for k, v in row.items() if k != "epoch" and _is_number(v)},
-                        step=epoch + 1)
-        metrics = {k: v for k, v in row.items() if _is_number(v)}
+        metrics = progress.epoch_metrics(row, step_rows if rank == 0 else None)
         if rank == 0:
             with tempfile.TemporaryDirectory() as tmp:
                 train_state.save_state(tmp, {
@@ -268,18 +281,40 @@ def _eval_dataset(json_path: Path, params: Params) -> Any:
     return CocoDetectionDataset(json_path, transforms=build_transforms(False, resize.min_size, resize.max_size))
 
 
+def _require_data(data_dir: Path) -> None:
+    """A clear error when this node lacks the prepared data (e.g. a node that joined after preflight)."""
+    missing = [name for name in ("train.json", "val.json") if not (data_dir / name).is_file()]
+    if missing:
+        import ray
+
+        ctx = ray.get_runtime_context()
+        raise FileNotFoundError(
+            f"data_dir {data_dir}: {', '.join(missing)} not found on node {ctx.get_node_id()[:12]} "
+            f"({ray.util.get_node_ip_address()}); every node that runs a worker needs the prepared data at "
+            f"this path (a shared filesystem, or a copy on each node)")
+
+
 def _maybe_inject_fault(debug: dict[str, Any], rank: int, global_step: int) -> None:
-    """Test hook: the last rank kills its process once at ``fault_at_step`` (marker file: once)."""
-    at, marker = debug.get("fault_at_step"), debug.get("fault_marker")
-    if at is None or marker is None or global_step != at or rank != debug.get("fault_rank", 0):
+    """Test hooks, once each (the first to create ``fault_marker``): rank ``fault_rank`` kills its
+    process at ``fault_at_step``; any rank stops making progress at ``hang_at_step`` (the other
+    ranks then wait in the next collective), until the test kills its node."""
+    marker = debug.get("fault_marker")
+    if marker is None:
+        return
+    exits = global_step == debug.get("fault_at_step") and rank == debug.get("fault_rank", 0)
+    hangs = global_step == debug.get("hang_at_step")
+    if not (exits or hangs):
         return
     try:
         fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
         return
     os.close(fd)
-    _say(f"fault injection: rank {rank} exits at global step {global_step}")
-    os._exit(1)
+    if exits:
+        _say(f"fault injection: rank {rank} exits at global step {global_step}")
+        os._exit(1)
+    _say(f"fault injection: rank {rank} hangs at global step {global_step}")
+    time.sleep(3600)
 
 
 def _record(debug: dict[str, Any], rank: int, what: str, data: dict[str, Any]) -> None:
@@ -288,26 +323,6 @@ def _record(debug: dict[str, Any], rank: int, what: str, data: dict[str, Any]) -
         return
     with open(Path(debug["record_dir"]) / f"rank{rank}.jsonl", "a") as f:
         f.write(json.dumps({"event": what, **data}) + "\n")
-
-
-class _MlflowLogger:
-    """Rank 0's metric logger into the driver's MLflow run (``MlflowClient``, explicit URI)."""
-
-    def __init__(self, info: dict[str, str] | None):
-        self.client = self.run_id = None
-        if info:
-            from mlflow.tracking import MlflowClient
-
-            self.client, self.run_id = MlflowClient(info["tracking_uri"]), info["run_id"]
-
-    def log(self, metrics: dict[str, float], step: int) -> None:
-        if self.client is None:
-            return
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()
-                                                    if math.isfinite(float(v))])
 
 
 def _quiet_ray_train_logs() -> None:

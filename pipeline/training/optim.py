@@ -16,7 +16,7 @@ from torch import nn
 
 from pipeline.params import TrainParams
 
-__all__ = ["build_optimizer", "build_scheduler", "lr_factor", "scaled_lr"]
+__all__ = ["build_optimizer", "build_scheduler", "lr_factor", "resume_schedule", "scaled_lr"]
 
 
 def scaled_lr(train: TrainParams, world_size: int) -> float:
@@ -68,3 +68,21 @@ def build_scheduler(optimizer: torch.optim.Optimizer, train: TrainParams,
                     steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-step :class:`LambdaLR` of :func:`lr_factor`; call ``.step()`` after every optimiser step."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, train, steps_per_epoch))
+
+
+def resume_schedule(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
+                    base_lr: float, position: int) -> None:
+    """Continue a restored optimiser/schedule at ``base_lr``, at step ``position`` of this run's schedule.
+
+    The restored state holds the base learning rate and step count of the world size it was
+    saved with. After an elastic restart the world size (so the global batch, the scaled base
+    rate and the steps per epoch) may differ: the schedule then continues at the same point of
+    the run (``position`` = completed epochs x this world's steps per epoch) with this world's
+    base rate, exactly where a run with this world size from the start would be.
+    """
+    scheduler.base_lrs = [base_lr for _ in optimizer.param_groups]
+    scheduler.last_epoch = position
+    for group, lr_lambda in zip(optimizer.param_groups, scheduler.lr_lambdas):
+        group["initial_lr"] = base_lr
+        group["lr"] = base_lr * lr_lambda(position)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]

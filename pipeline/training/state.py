@@ -2,22 +2,34 @@
 
 A checkpoint directory holds one file, ``state.pt``: model, optimiser, scheduler and
 grad-scaler state, the number of completed epochs, the global step, rank 0's RNG
-states, the model config and the per-epoch history (so a resumed run keeps its
-curve).
+states, the model config, the world size it was written with and the per-epoch history
+(so a resumed run keeps its curve).
+
+Checkpoints live on shared storage, so they are plain data only (tensors, numbers, strings,
+lists, dicts) and are read with ``torch.load(weights_only=True)``: a file that smuggles a
+pickled object is refused instead of running its code.
 """
 
 from __future__ import annotations
 
+import pickle
 import random
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["STATE_FILE", "load_state", "rng_state", "save_state", "seed_everything"]
+__all__ = ["STATE_FILE", "CheckpointError", "load_state", "rng_state", "save_state", "seed_everything"]
 
 STATE_FILE = "state.pt"
+REQUIRED_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "global_step", "history", "model_config",
+                 "class_names", "world_size")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that does not hold a readable, plain-data training state."""
 
 
 def seed_everything(seed: int, epoch: int, rank: int) -> None:
@@ -47,4 +59,26 @@ def save_state(directory: str | Path, state: dict[str, Any]) -> Path:
 
 
 def load_state(directory: str | Path) -> dict[str, Any]:
-    return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
+    """The training state in ``directory/state.pt`` (``weights_only=True``).
+
+    Raises:
+        FileNotFoundError: there is no ``state.pt`` in ``directory``.
+        CheckpointError: the file is not a torch file, holds pickled objects (refused), or
+            is not a training state written by :func:`save_state`.
+    """
+    path = Path(directory) / STATE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {directory} is not a training checkpoint folder")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError, OSError) as err:
+        reason = (str(err).strip().splitlines() or [""])[0][:300]
+        raise CheckpointError(
+            f"{path} could not be read as a training checkpoint with weights_only=True "
+            f"({type(err).__name__}: {reason}). Checkpoints hold plain data only (tensors, numbers, strings, "
+            f"lists, dicts); a file with pickled objects is refused because loading it could run code") from None
+    missing = [k for k in REQUIRED_KEYS if k not in state] if isinstance(state, dict) else list(REQUIRED_KEYS)
+    if missing:
+        raise CheckpointError(f"{path} is not a training state written by pipeline.training.state.save_state "
+                              f"(missing {', '.join(missing)})")
+    return state

@@ -1,23 +1,26 @@
 """The sweep: a Ray Tune ``Tuner`` over training runs, resumable, tracked in MLflow.
 
 :func:`run_sweep` validates the space (before Ray starts), names the experiment from a hash
-of everything the trials depend on (``<ray.storage_path>/tune/sweep-<hash>``), restores it
-with ``Tuner.restore`` when an interrupted one is there (searcher and ASHA state included),
-runs the trials (:func:`pipeline.tuning.trial.run_trial`) and, once every trial is done,
-writes ``trials.csv``, ``best_params.yaml`` and the plot, and closes the MLflow runs.
+of everything the trials depend on (``<ray.storage_path>/tune/sweep-<hash>``: params, search
+space, data, the code of training and sweep, torch/torchvision; see
+:mod:`pipeline.training.identity`), restores it with ``Tuner.restore`` when an interrupted
+one is there (searcher and ASHA state included), runs the trials
+(:func:`pipeline.tuning.trial.run_trial`) and, once every trial is done, writes
+``trials.csv``, ``best_params.yaml`` and the plot, and closes the MLflow runs. A finished
+sweep with identical inputs is reused: its outputs are written again from the stored
+results, nothing is trained or logged.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.params import Params
+from pipeline.params import Params, params_from_dict
+from pipeline.training import storage
+from pipeline.training.identity import SWEEP_CODE, RunIdentity, run_identity
 from pipeline.tuning import results as res
 from pipeline.tuning.space import (
     Dimension,
@@ -49,6 +52,7 @@ class SweepOutcome:
     outputs: dict[str, Path] = field(default_factory=dict)
     mlflow_run_id: str | None = None
     train_command: str | None = None
+    reused: bool = False
 
 
 def trial_base(params: Params) -> dict[str, Any]:
@@ -75,37 +79,45 @@ def trial_base(params: Params) -> dict[str, Any]:
     return base
 
 
-def experiment_name(params: Params, data_dir: str | Path) -> str:
-    """``sweep-<12 hex>`` over the trials' params, the sweep settings and the data.
+def sweep_identity(params: Params, data_dir: str | Path) -> RunIdentity:
+    """What the sweep's results depend on: the trials' params, the sweep settings, the data and
+    the code (:data:`pipeline.training.identity.SWEEP_CODE`) and torch/torchvision.
 
-    Rerunning the same command finds the same folder (and resumes it); changing the space,
-    the params or the data starts a new sweep. ``max_concurrent_trials`` and where things
-    are stored or tracked are left out: they do not change the results.
+    ``max_concurrent_trials`` and where things are stored or tracked are left out: they do not
+    change the results.
     """
     base = trial_base(params)
     tune = {k: v for k, v in base.pop("tune").items() if k != "max_concurrent_trials"}
     keyed = {"model": base["model"], "train": base["train"], "resize": base["data"]["resize"],
-             "validation": [base["evaluate"][k] for k in ("batch_size", "score_threshold")], "workers": [base["ray"][k] for k in ("num_workers", "use_gpu")],
-             "tune": tune}
+             "validation": [base["evaluate"][k] for k in ("batch_size", "score_threshold")],
+             "workers": [base["ray"][k] for k in ("num_workers", "use_gpu")], "tune": tune}
     keyed["named"] = named_values(params, parse_space(params.tune.space))  # what `fitted` stands for now
-    h = hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode())
-    for split in ("train.json", "val.json"):
-        path = Path(data_dir) / split
-        if path.is_file():
-            h.update(path.read_bytes())
-    return f"sweep-{h.hexdigest()[:12]}"
+    return run_identity(keyed, data_dir, code=SWEEP_CODE)
+
+
+def experiment_name(params: Params, data_dir: str | Path) -> str:
+    """``sweep-<12 hex>`` of :func:`sweep_identity`.
+
+    Rerunning the same command finds the same folder (and resumes it, or reuses it once
+    finished); changing the space, the params, the data or the code starts a new sweep.
+    """
+    return f"sweep-{sweep_identity(params, data_dir).digest()}"
 
 
 def run_sweep(params: Params, *, data_dir: str | Path = "data/prepared", out_dir: str | Path = "reports/tune",
-              root: str | Path = ".", fresh: bool = False, log=print) -> SweepOutcome:
-    """Run (or resume) the sweep of ``params.tune`` and write its outputs into ``out_dir``.
+              root: str | Path | None = None, fresh: bool = False, log=print) -> SweepOutcome:
+    """Run (or resume, or reuse) the sweep of ``params.tune`` and write its outputs into ``out_dir``.
+
+    ``root``: the state root for the default storage path and tracking store (default:
+    :func:`pipeline.training.storage.state_root`).
 
     Raises:
         ParamsError: the search space is invalid (before Ray starts).
         FileNotFoundError: the prepared data is missing.
+        PreflightError: the trials' workers can never be placed, a node cannot read the data...
     """
     dims = validate_space(params)
-    root = Path(root).resolve()
+    root = Path(root).resolve() if root is not None else storage.state_root()
     data_dir = Path(data_dir).resolve()
     for split in ("train.json", "val.json"):
         if not (data_dir / split).is_file():
@@ -118,39 +130,56 @@ def run_sweep(params: Params, *, data_dir: str | Path = "data/prepared", out_dir
     from pipeline.tuning import tracking
 
     t = params.tune
-    sweep_id = experiment_name(params, data_dir)
-    storage = driver.resolve_storage_path(params.ray.storage_path, root)
-    tune_storage = f"{storage.rstrip('/')}/tune"
-    experiment_path = f"{tune_storage}/{sweep_id}"
-    state_path = f"{experiment_path}/sweep.json"   # our own state: the MLflow parent run
+    identity = sweep_identity(params, data_dir)
+    sweep_id = f"sweep-{identity.digest()}"
+    storage_path = driver.resolve_storage_path(params.ray.storage_path, root)
+    tune_storage = storage.join(storage_path, "tune")
+    experiment_path = storage.join(tune_storage, sweep_id)
+    state_path = storage.join(experiment_path, "sweep.json")   # our own state: the MLflow parent run
     total = num_trials(params, dims)
+    base = trial_base(params)
+    state = storage.read_json(state_path) or {}
+    if state.get("complete") and not fresh and tune.Tuner.can_restore(experiment_path):
+        log(f"reusing finished sweep {sweep_id} (MLflow run {state.get('parent_run_id')}): same params, space, "
+            f"data, code and torch/torchvision; nothing to train")
+        grid = tune.ResultGrid(tune.ExperimentAnalysis(experiment_path))
+        return _reuse(params, dims, grid, state, Path(out_dir), sweep_id, experiment_path)
 
     started = driver.ensure_ray(params.ray.address)
     try:
+        spec = TrialSpec(base=base, data_dir=str(data_dir), train_storage=storage.join(experiment_path, "train"),
+                         metric=t.metric, sweep_id=sweep_id, root=str(root), dims=tuple(dims), search=t.search,
+                         named=named_values(params, dims))
+        trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), TRIAL_RESOURCES)
         if fresh and tune.Tuner.can_restore(experiment_path):
             log(f"--fresh: removing the previous sweep {experiment_path}")
-            _remove(experiment_path)
+            storage.remove(experiment_path)
+            state = {}
         resumed = tune.Tuner.can_restore(experiment_path)
-        state = _read_json(state_path) if resumed else {}
+        state = state if resumed else {}
         tracking_uri = train_tracking.resolve_tracking_uri(params.mlflow.tracking_uri, root)
-        train_tracking.check_reachable(tracking_uri)
+        # once for all trials: they run with the same workers and data (and skip their own preflight)
+        driver.preflight(params_from_dict(base), storage_path=storage_path, tracking_uri=tracking_uri,
+                         data_dir=data_dir, log=log)
         parent = tracking.start_parent(
             tracking_uri=tracking_uri, experiment_name=params.mlflow.experiment_name, sweep_id=sweep_id,
             experiment_path=experiment_path, root=root, run_id=state.get("parent_run_id"),
             params={"tune": params.to_dict()["tune"], "data_dir": str(data_dir)},
+            tags={f"tune.{k}": v for k, v in identity.tags().items()},
         )
-        spec = TrialSpec(base=trial_base(params), data_dir=str(data_dir), train_storage=f"{experiment_path}/train",
-                         parent_run_id=parent["run_id"], metric=t.metric, sweep_id=sweep_id, root=str(root),
-                         dims=tuple(dims), search=t.search, named=named_values(params, dims))
-        trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), TRIAL_RESOURCES)
         if resumed:
             log(f"resuming sweep {sweep_id} from {experiment_path} (MLflow run {parent['run_id']})")
             tuner = tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True, resume_errored=True)
         else:
             log(f"sweep {sweep_id}: {total} trial(s) of {t.epochs} epoch(s), {t.search} search, ASHA on {t.metric} "
                 f"-> {experiment_path} (MLflow run {parent['run_id']})")
-            tuner = _new_tuner(params, dims, trainable, tune_storage, sweep_id)
-            _write_json(state_path, {"parent_run_id": parent["run_id"], "sweep_id": sweep_id, "trials": total})
+            tracker = tracking.TrialTracker(
+                tracking_uri=tracking_uri, parent_run_id=parent["run_id"],
+                experiment_name=params.mlflow.experiment_name, root=str(root), spec=spec,
+                tags={"tune.sweep_id": sweep_id, **identity.tags()})
+            tuner = _new_tuner(params, dims, trainable, tune_storage, sweep_id, tracker)
+            storage.write_json(state_path, {"parent_run_id": parent["run_id"], "tracking_uri": tracking_uri,
+                                            "sweep_id": sweep_id, "trials": total, "identity": identity.to_dict()})
         with _lenient_metric_check():
             grid = tuner.fit()
         done = _trials_done(experiment_path)
@@ -161,6 +190,7 @@ def run_sweep(params: Params, *, data_dir: str | Path = "data/prepared", out_dir
             return SweepOutcome(experiment_path, sweep_id, complete=False, resumed=resumed,
                                 mlflow_run_id=parent["run_id"])
         outcome = _finish(params, dims, grid, parent, Path(out_dir), sweep_id, experiment_path, resumed)
+        storage.write_json(state_path, {**(storage.read_json(state_path) or {}), "complete": True})
         log(f"best trial {outcome.best.trial_id if outcome.best else None}: {t.metric} = "
             f"{outcome.best.last(t.metric) if outcome.best else None}; train it with:\n  {outcome.train_command}")
         return outcome
@@ -171,7 +201,8 @@ def run_sweep(params: Params, *, data_dir: str | Path = "data/prepared", out_dir
             ray.shutdown()
 
 
-def _new_tuner(params: Params, dims: list[Dimension], trainable: Any, tune_storage: str, sweep_id: str) -> Any:
+def _new_tuner(params: Params, dims: list[Dimension], trainable: Any, tune_storage: str, sweep_id: str,
+               tracker: Any) -> Any:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
@@ -189,7 +220,7 @@ def _new_tuner(params: Params, dims: list[Dimension], trainable: Any, tune_stora
             trial_dirname_creator=_trial_dirname,
         ),
         run_config=tune.RunConfig(name=sweep_id, storage_path=tune_storage, verbose=1,
-                                  callbacks=[InterruptAfter()]),
+                                  callbacks=[InterruptAfter(), tracker]),
     )
 
 
@@ -210,10 +241,7 @@ def _trial_dirname(trial: Any) -> str:
     return trial.trial_id
 
 
-def _finish(params: Params, dims: list[Dimension], grid: Any, parent: dict[str, str], out_dir: Path,
-            sweep_id: str, experiment_path: str, resumed: bool) -> SweepOutcome:
-    from pipeline.tuning import tracking
-
+def _records(params: Params, dims: list[Dimension], grid: Any) -> tuple[list[res.TrialRecord], res.TrialRecord | None]:
     t = params.tune
     records = [_record(result, t.epochs, dims, t.search) for result in grid]
     records.sort(key=lambda r: r.trial_id)
@@ -222,7 +250,33 @@ def _finish(params: Params, dims: list[Dimension], grid: Any, parent: dict[str, 
         best = res.best_trial(records, t.metric, t.mode)
     except ValueError:
         pass
-    tracking.close_child_runs(parent["tracking_uri"], parent["run_id"], records, best)
+    return records, best
+
+
+def _reuse(params: Params, dims: list[Dimension], grid: Any, state: dict[str, Any], out_dir: Path, sweep_id: str,
+           experiment_path: str) -> SweepOutcome:
+    """The outputs of a finished sweep, written again from its stored results (MLflow is only read)."""
+    from pipeline.tuning import tracking
+
+    records, best = _records(params, dims, grid)
+    parent_run_id = state.get("parent_run_id")
+    tracking_uri = state.get("tracking_uri")
+    if parent_run_id and tracking_uri:
+        try:
+            runs = tracking.child_runs(tracking_uri, parent_run_id)
+            for record in records:
+                if record.trial_id in runs:
+                    record.mlflow_run_id = runs[record.trial_id].info.run_id
+        except Exception:  # the tracking store is only needed for the run ids in trials.csv
+            pass
+    outputs, command = _write_outputs(params, dims, records, best, out_dir, sweep_id)
+    return SweepOutcome(experiment_path, sweep_id, complete=True, resumed=False, records=records, best=best,
+                        outputs=outputs, mlflow_run_id=parent_run_id, train_command=command, reused=True)
+
+
+def _write_outputs(params: Params, dims: list[Dimension], records: list[res.TrialRecord],
+                   best: res.TrialRecord | None, out_dir: Path, sweep_id: str) -> tuple[dict[str, Path], str | None]:
+    t = params.tune
     base = params.to_dict()
     named = named_values(params, dims)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -233,11 +287,21 @@ def _finish(params: Params, dims: list[Dimension], grid: Any, parent: dict[str, 
         outputs["best_params"] = res.write_best_params(best, base, out_dir / BEST_PARAMS, metric=t.metric,
                                                        sweep_id=sweep_id, named=named)
         command = res.train_best_command(best, named)
+    return outputs, command
+
+
+def _finish(params: Params, dims: list[Dimension], grid: Any, parent: dict[str, str], out_dir: Path,
+            sweep_id: str, experiment_path: str, resumed: bool) -> SweepOutcome:
+    from pipeline.tuning import tracking
+
+    records, best = _records(params, dims, grid)
+    tracking.close_child_runs(parent["tracking_uri"], parent["run_id"], records, best)
+    outputs, command = _write_outputs(params, dims, records, best, out_dir, sweep_id)
     summary = {"trials": len(records), "finished": sum(r.status == res.FINISHED for r in records),
                "stopped_early": sum(r.status == res.STOPPED for r in records),
                "errors": sum(r.status == res.ERROR for r in records), "train_best_command": command or "",
                "experiment_path": experiment_path}
-    tracking.finish_parent(parent, best=best, metric=t.metric, summary=summary, artifacts=list(outputs.values()),
+    tracking.finish_parent(parent, best=best, metric=params.tune.metric, summary=summary, artifacts=list(outputs.values()),
                            status="FINISHED" if best is not None else "FAILED")
     return SweepOutcome(experiment_path, sweep_id, complete=True, resumed=resumed, records=records, best=best,
                         outputs=outputs, mlflow_run_id=parent["run_id"], train_command=command)
@@ -274,41 +338,3 @@ class _lenient_metric_check:
             os.environ.pop("TUNE_DISABLE_STRICT_METRIC_CHECKING", None)
         else:
             os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = self.previous
-
-
-def _remove(path: str) -> None:
-    if "://" in path:
-        import pyarrow.fs
-
-        fs, p = pyarrow.fs.FileSystem.from_uri(path)
-        fs.delete_dir(p)
-    else:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def _read_json(path: str) -> dict[str, Any]:
-    if "://" in path:
-        import pyarrow.fs
-
-        fs, p = pyarrow.fs.FileSystem.from_uri(path)
-        try:
-            with fs.open_input_stream(p) as f:
-                return json.loads(f.read().decode())
-        except FileNotFoundError:
-            return {}
-    file = Path(path)
-    return json.loads(file.read_text()) if file.is_file() else {}
-
-
-def _write_json(path: str, data: dict[str, Any]) -> None:
-    text = json.dumps(data, indent=2) + "\n"
-    if "://" in path:
-        import pyarrow.fs
-
-        fs, p = pyarrow.fs.FileSystem.from_uri(path)
-        with fs.open_output_stream(p) as f:
-            f.write(text.encode())
-    else:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(text)
-

@@ -1,10 +1,13 @@
-"""MLflow for a sweep: one parent run, one nested child run per trial.
+"""MLflow for a sweep, from the sweep's driver: one parent run, one nested child run per trial.
 
-The child runs are created by the training driver (rank 0 logs the per-epoch metrics into
-them) with the ``mlflow.parentRunId`` tag pointing at the sweep's run. A trial that ASHA
-stops is killed mid-training and leaves its run RUNNING; :func:`close_child_runs` gives
-every child its final status (``FINISHED``, or ``KILLED`` with ``tune.status=stopped_early``),
-its anchor fit and the ``tune.best`` tag. The parent gets the results table and the plot.
+No trial and no worker touches the tracking store. :class:`TrialTracker` (a Ray Tune callback,
+so it runs in the sweep's driver) creates each trial's child run when the trial starts, with
+the trial's params and the ``mlflow.parentRunId`` tag, and logs every result the trial
+reports: the anchor fit at epoch 0, then rank 0's per-epoch metrics and progress rows, which
+the trial's Ray Train run forwards to Tune (:mod:`pipeline.training.progress`). A trial that
+ASHA stops is killed mid-training; :func:`close_child_runs` then gives every child its final
+status (``FINISHED``, or ``KILLED`` with ``tune.status=stopped_early``), its anchor fit and the
+``tune.best`` tag. The parent gets the results table and the plot.
 """
 
 from __future__ import annotations
@@ -14,15 +17,18 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from ray.tune import Callback
+
 from pipeline.tuning.results import ERROR, FINISHED, STOPPED, TrialRecord
 
-__all__ = ["child_runs", "close_child_runs", "finish_parent", "mark_interrupted", "start_parent"]
+__all__ = ["TrialTracker", "child_runs", "close_child_runs", "finish_parent", "mark_interrupted", "start_parent"]
 
 _FINAL_STATUS = {FINISHED: "FINISHED", STOPPED: "KILLED", ERROR: "FAILED"}
 
 
 def start_parent(*, tracking_uri: str, experiment_name: str, sweep_id: str, experiment_path: str,
-                 root: Path, params: dict[str, Any], run_id: str | None = None) -> dict[str, str]:
+                 root: Path, params: dict[str, Any], run_id: str | None = None,
+                 tags: dict[str, str] | None = None) -> dict[str, str]:
     """Create the sweep's parent run, or reopen ``run_id`` (a resumed sweep)."""
     from mlflow.entities import RunStatus
     from mlflow.tracking import MlflowClient
@@ -39,7 +45,7 @@ def start_parent(*, tracking_uri: str, experiment_name: str, sweep_id: str, expe
     run = tracking.start_run(
         tracking_uri=tracking_uri, experiment_name=experiment_name, run_name=sweep_id,
         ray_run=f"{experiment_path}#{uuid.uuid4().hex[:8]}", root=root, params=params,
-        tags={"tune.sweep_id": sweep_id, "tune.experiment_path": experiment_path, "tune.role": "sweep"},
+        tags={"tune.sweep_id": sweep_id, "tune.experiment_path": experiment_path, "tune.role": "sweep", **(tags or {})},
     )
     return dict(run)
 
@@ -110,3 +116,68 @@ def mark_interrupted(run: dict[str, str]) -> None:
     client = MlflowClient(run["tracking_uri"])
     client.set_tag(run["run_id"], "tune.interrupted", "true")
     client.set_terminated(run["run_id"], status="KILLED")
+
+
+class TrialTracker(Callback):
+    """Driver-side MLflow tracking of the trials (a Ray Tune ``Callback``; pickled with the sweep).
+
+    Args:
+        tracking_uri, parent_run_id: the sweep's parent run; experiment_name, root: where it is.
+        spec: the trials' :class:`~pipeline.tuning.trial.TrialSpec` (base params, where their Ray Train
+            runs are, and how Tune's config decodes into params values).
+        tags: extra tags on every child run (the sweep id, its code fingerprint ...).
+    """
+
+    def __init__(self, *, tracking_uri: str, parent_run_id: str, experiment_name: str, root: str,
+                 spec: Any, tags: dict[str, str]):
+        self.tracking_uri, self.parent_run_id = tracking_uri, parent_run_id
+        self.experiment_name, self.root = experiment_name, root
+        self.spec, self.tags = spec, dict(tags)
+        self._runs: dict[str, str] = {}   # trial id -> MLflow run id (rebuilt from MLflow after a restore)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_runs": {}}
+
+    def run_id(self, trial: Any) -> str:
+        """The trial's child run: found under the parent (a resumed sweep), else created."""
+        import json
+
+        from pipeline.training import tracking
+        from pipeline.tuning.trial import trial_values
+
+        trial_id = trial.trial_id
+        if trial_id in self._runs:
+            return self._runs[trial_id]
+        existing = child_runs(self.tracking_uri, self.parent_run_id).get(trial_id)
+        if existing is not None:
+            self._runs[trial_id] = existing.info.run_id
+            return existing.info.run_id
+        values, params = trial_values(self.spec, dict(trial.config or {}))
+        run = tracking.start_run(
+            tracking_uri=self.tracking_uri, experiment_name=self.experiment_name,
+            run_name=trial_id, ray_run=f"{self.spec.train_storage.rstrip('/')}/{trial_id}", root=Path(self.root),
+            params={"model": params.model, "train": params.to_dict()["train"]},
+            tags={**self.tags, "tune.trial_id": trial_id, "tune.config": json.dumps(values, sort_keys=True, default=str),
+                  "ray_run_name": trial_id}, parent_run_id=self.parent_run_id,
+        )
+        self._runs[trial_id] = run["run_id"]
+        return run["run_id"]
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._guard(trial, lambda: self.run_id(trial))
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        from pipeline.training import progress
+
+        def log() -> None:
+            sink = progress.MlflowMetrics(self.tracking_uri, self.run_id(trial))
+            progress.dispatch([sink], progress.EpochReport.from_metrics(result))
+
+        self._guard(trial, log)
+
+    def _guard(self, trial: Any, action: Any) -> None:
+        try:
+            action()
+        except Exception as err:  # tracking trouble must not stop the sweep
+            print(f"[tune] warning: MLflow tracking of trial {trial.trial_id} failed: {type(err).__name__}: {err}",
+                  flush=True)

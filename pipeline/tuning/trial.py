@@ -3,9 +3,11 @@
 Layer 3 of 3 (see :mod:`pipeline.training`): Ray Train V2 cannot hand a ``TorchTrainer`` to
 a ``Tuner``, so each trial is a plain function that reports the anchor fit of its config
 at epoch 0 (free: no training needed), then calls :func:`pipeline.training.fit`, whose
-``TuneReportCallback`` forwards rank 0's per-epoch metrics (``epoch``, ``AP50``, ``AP``)
-to Tune, where ASHA may stop the trial. The trial itself reserves (almost) no resources;
-its DDP workers reserve theirs.
+``TuneReportCallback`` forwards rank 0's per-epoch metrics (``epoch``, ``AP50``, ``AP``, the
+progress rows) to Tune, where ASHA may stop the trial and the sweep's driver tracks them
+(:class:`pipeline.tuning.tracking.TrialTracker`): a trial never touches the tracking store,
+so it may run on any node. The trial itself reserves (almost) no resources; its DDP workers
+reserve theirs.
 """
 
 from __future__ import annotations
@@ -33,13 +35,19 @@ class TrialSpec:
     base: dict[str, Any]
     data_dir: str
     train_storage: str            # Ray Train runs of the trials: <train_storage>/<trial_id>
-    parent_run_id: str | None     # the sweep's MLflow run
     metric: str
     sweep_id: str
     root: str
     dims: tuple[Dimension, ...] = ()   # to decode Tune's tokens (Optuna samples lists as JSON text)
     search: str = "grid"
     named: dict[str, dict[str, Any]] = field(default_factory=dict)  # {"model.anchors": {"fitted": {...}}}
+
+
+def trial_values(spec: TrialSpec, config: dict[str, Any]) -> tuple[dict[str, Any], Params]:
+    """Tune's sampled ``config`` as params values (names such as ``fitted`` kept, for reports) and
+    the trial's :class:`Params` (names resolved)."""
+    values = decode_config(list(spec.dims), config, spec.search)
+    return values, trial_params(spec.base, resolve_config(values, spec.named))
 
 
 def anchor_report(params: Params, data_dir: str | Path) -> dict[str, float]:
@@ -66,13 +74,11 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     from pipeline.training import fit
 
     trial_id = tune.get_context().get_trial_id()
-    values = decode_config(list(spec.dims), config, spec.search)
-    params = trial_params(spec.base, resolve_config(values, spec.named))
+    _, params = trial_values(spec, config)
     tune.report({"epoch": 0, **anchor_report(params, spec.data_dir)})
-    tags = {"tune.trial_id": trial_id, "tune.sweep_id": spec.sweep_id,
-            "tune.config": json.dumps(values, sort_keys=True, default=str)}
+    # no tracking here (the sweep's driver logs what Tune receives); preflight ran once for the sweep
     result = fit(params, run_name=trial_id, storage_path=spec.train_storage, callbacks=[TuneReportCallback()],
-                 mlflow_parent_run_id=spec.parent_run_id, data_dir=spec.data_dir, tags=tags, root=spec.root)
+                 data_dir=spec.data_dir, root=spec.root, track=False, check=False)
     if not any(spec.metric in row for row in result.history):
         raise RuntimeError(f"trial {trial_id}: training reported no {spec.metric} (tune.metric); "
                            f"validation must run every epoch")

@@ -80,3 +80,15 @@ def test_cross_field_checks():
         params_from_dict({"data": {"source": "coco"}})
     with pytest.raises(ParamsError, match="data.synthetic.min_object_size"):
         params_from_dict({"data": {"synthetic": {"min_object_size": 50, "max_object_size": 20}}})
+
+
+def test_num_workers_int_or_elastic_pair():
+    fixed = params_from_dict({"ray": {"num_workers": 3}}).ray
+    assert (fixed.min_workers, fixed.max_workers, fixed.elastic, fixed.scaling_num_workers()) == (3, 3, False, 3)
+    elastic = params_from_dict({"ray": {"num_workers": [1, 4]}}).ray
+    assert (elastic.min_workers, elastic.max_workers, elastic.elastic) == (1, 4, True)
+    assert elastic.scaling_num_workers() == (1, 4)
+    assert params_from_dict({"ray": {"num_workers": [2, 2]}}).ray.scaling_num_workers() == 2
+    for bad in (0, [2, 1], [0, 2], [1, 2, 3], [1]):
+        with pytest.raises(ParamsError, match="ray.num_workers"):
+            params_from_dict({"ray": {"num_workers": bad}})

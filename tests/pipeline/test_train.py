@@ -7,8 +7,12 @@ Ray runs cost ~15-40 s each on 2 cores, so each test combines several checks:
   a worker killing itself in epoch 3), all in one MLflow run on a real ``mlflow server``,
   whose registered pyfunc model (``models:/NAME@latest-train``, tagged with the commit, the DVC
   experiment and the val metrics) loads with ``mlflow.pyfunc.load_model`` and detects.
-- ``test_two_node_cluster_preflight_and_non_finite_loss``: workers on two nodes of a local
-  ``ray.cluster_utils.Cluster``; too many workers / GPUs fail fast; a NaN loss names the step.
+  An identical rerun reuses the finished run: no worker starts, no new model version.
+- ``test_cluster_preflight_elastic_training_tracking_and_non_finite_loss``: a local 3-node
+  ``ray.cluster_utils.Cluster`` (a CPU-less head, where the driver is, and two 1-CPU nodes):
+  too many workers / GPUs and data missing on one node fail before training; an elastic
+  ``[1, 2]``-worker run with workers on both nodes survives the loss of one node and finishes
+  on the other, tracked from the driver into the default sqlite store; a NaN loss names the step.
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ def local_ray():
 
 
 def test_stage_resume_fault_tolerance_and_mlflow(tmp_path, tiny_coco, tiny_params_yaml, mlflow_server, local_ray,
-                                                 monkeypatch):
+                                                 monkeypatch, capsys):
     import mlflow.pyfunc
     import pandas as pd
     from mlflow.tracking import MlflowClient
@@ -122,6 +126,7 @@ def test_stage_resume_fault_tolerance_and_mlflow(tmp_path, tiny_coco, tiny_param
     assert str(version.version) == "1" and version.run_id == run.info.run_id
     assert version.tags["git_commit"] == run.data.tags["git_commit"] and version.tags["dvc_exp_name"] == "exp-tiny"
     assert float(version.tags["val_AP50"]) == pytest.approx(float(rows[-1]["AP50"]), abs=1e-4)
+    assert {"code_fingerprint", "torch_version", "params_hash", "data_hash"} <= set(run.data.tags)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)  # models:/ resolves through the registry
     loaded = mlflow.pyfunc.load_model("models:/tiny-frcnn@latest-train")
     png = io.BytesIO()
@@ -130,13 +135,42 @@ def test_stage_resume_fault_tolerance_and_mlflow(tmp_path, tiny_coco, tiny_param
     assert (row["width"], row["height"]) == (64, 48)
     assert set(row["class_names"]) <= {"red_box", "blue_box"} and len(row["boxes"]) == len(row["scores"])
 
+    # --- the identical command again: the finished run is reused as it is (no worker starts, nothing is
+    # logged, no new model version), and the stage's outputs are written again from its final checkpoint
+    trained = load_checkpoint("models/model.pt").state_dict()
+    shutil.rmtree(debug)
+    debug.mkdir()
+    for output in ("models/model.pt", "models/mlflow_run.json", "reports/train.json"):
+        Path(output).unlink()
+    capsys.readouterr()
+    assert main(["train", "--params", str(params), "--run-name", "run-a", "--set", "train.epochs=3",
+                 "--set", "mlflow.log_model=true", "--set", "mlflow.registered_model_name=tiny-frcnn"]) == 0
+    assert "reusing finished run run-a" in capsys.readouterr().err
+    assert not list(debug.iterdir())  # no worker ran
+    reused = load_checkpoint("models/model.pt").state_dict()
+    assert all(torch.equal(reused[k], v) for k, v in trained.items())
+    assert json.loads(Path("models/mlflow_run.json").read_text())["run_id"] == run_info["run_id"]
+    assert json.loads(Path("reports/train.json").read_text())["epochs"] == 3
+    assert len(client.search_runs([experiment.experiment_id])) == 1
+    assert [v.version for v in client.search_model_versions("name='tiny-frcnn'")] == ["1"]
 
-def test_two_node_cluster_preflight_and_non_finite_loss(tmp_path, tiny_coco, tiny_params, monkeypatch):
+
+def test_cluster_preflight_elastic_training_tracking_and_non_finite_loss(tmp_path, tiny_coco, tiny_params,
+                                                                        monkeypatch):
+    """A local cluster: a head node without CPUs (the driver's node) and two 1-CPU worker nodes.
+
+    No worker can run on the driver's node, so rank 0 always runs on another node than the
+    driver, while MLflow is the default ``sqlite:///<root>/mlflow.db``.
+    """
+    import threading
+
     import ray
+    from mlflow.tracking import MlflowClient
     from ray.cluster_utils import Cluster
 
     from pipeline.training import NonFiniteLossError, PreflightError, fit
     from pipeline.training.driver import ensure_ray
+    from pipeline.training.preflight import HIDE_PATHS_ENV
 
     if ray.is_initialized():
         ray.shutdown()
@@ -144,34 +178,106 @@ def test_two_node_cluster_preflight_and_non_finite_loss(tmp_path, tiny_coco, tin
     # here; keep loopback, in this process and in the processes the cluster starts.
     monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     monkeypatch.setattr(ray._private.ray_constants, "ENABLE_RAY_CLUSTER", False)
+    # after a node died, Ray's view of the cluster lags (~20 s): a worker group sized from it waits
+    # this long for resources that are gone before Ray Train retries with fewer workers (default 60 s)
+    monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "5")
+    # one more copy of the data, "missing" on node B only (node B's environment hides it)
+    only_on_a = tmp_path / "only-on-node-a"
+    shutil.copytree(tiny_coco, only_on_a)
     # no dashboard: saves ~30 s of start-up on 2 busy cores (only the PG cleaner's backstop uses it)
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.1",
-                                                            "include_dashboard": False})
-    cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+    # and a killed node is declared dead after ~3 s of failed health checks (default ~15 s)
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "node_ip_address": "127.0.0.1", "include_dashboard": False,
+        "_system_config": {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}})
+    node_a = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+    node_b = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1", env_vars={HIDE_PATHS_ENV: str(only_on_a)})
     try:
-        ensure_ray(cluster.address)  # the ray.address path: connect to an existing cluster
+        ensure_ray(cluster.address)  # the ray.address path: connect to an existing cluster, ship the code
         cluster.wait_for_nodes()
+        assert ray.get_runtime_context().get_node_id() == cluster.head_node.node_id
         debug = tmp_path / "debug"
         debug.mkdir()
         monkeypatch.setenv("DETPIPE_DEBUG_DIR", str(debug))
-        params = tiny_params("ray.num_workers=2", "train.val_every=0",
-                             f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db")
-        common = {"storage_path": str(tmp_path / "ray"), "data_dir": tiny_coco, "root": tmp_path}
-        result = fit(params, run_name="two-nodes", **common)
-        nodes = {next(r for r in recs if r["event"] == "start")["node_id"] for recs in _records(debug).values()}
-        assert len(nodes) == 2, "the two workers should run on different nodes"
-        assert result.summary["epochs"] == 1 and result.summary["world_size"] == 2
+        common = {"storage_path": str(tmp_path / "ray"), "root": tmp_path}
 
-        for overrides, message in ((["ray.num_workers=3"], r"ray.num_workers=3 .* at most 2"),
-                                   (["ray.use_gpu=true"], r"1 GPU.*0 GPU")):
-            start = time.monotonic()
+        # --- preflight: what can never succeed fails at once, naming what to change
+        for overrides, message in ((["ray.num_workers=3"], r"ray.num_workers=3 .* at most 2 .*does not autoscale"),
+                                   (["ray.use_gpu=true"], r"one worker needs 1 CPU, 1 GPU, more than any node")):
             with pytest.raises(PreflightError, match=message):
-                fit(tiny_params(*overrides), run_name="too-big", **common)
-            assert time.monotonic() - start < 20
+                fit(tiny_params(*overrides), run_name="too-big", data_dir=tiny_coco, **common)
+        with pytest.raises(PreflightError) as err:
+            fit(tiny_params(), run_name="data-on-one-node", data_dir=only_on_a, **common)
+        message = str(err.value)
+        assert f"node {node_b.node_id[:12]} (127.0.0.1): data_dir {only_on_a}: no such folder" in message
+        assert node_a.node_id[:12] not in message and "1 of 2 node(s)" in message
+        assert not (tmp_path / "ray" / "data-on-one-node").exists() and not _records(debug)  # nothing started
 
+        # --- elastic training, [1, 2] workers: one per worker node; node B is killed during epoch 2
+        # (a worker hangs at its first step, so the kill lands mid-epoch) and the run finishes on node A
+        monkeypatch.setenv("DETPIPE_HANG_AT_STEP", "2")  # 8 images / (2 workers x 2): epoch 2 starts at step 2
+        monkeypatch.setenv("DETPIPE_FAULT_MARKER", str(tmp_path / "hung"))
+        params = tiny_params("ray.num_workers=[1,2]", "ray.max_failures=1", "train.epochs=3", "train.val_every=0",
+                             "train.lr_scaling=linear", "train.reference_batch_size=4")
+        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # the default store of root=tmp_path
+
+        def kill_node_b_when_hung():
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                if (tmp_path / "hung").exists() and _logged_epochs(uri) >= 1:  # epoch 1 checkpointed and tracked
+                    cluster.remove_node(node_b, allow_graceful=False)
+                    return
+                time.sleep(0.5)
+
+        killer = threading.Thread(target=kill_node_b_when_hung, daemon=True)
+        killer.start()
+        result = fit(params, run_name="elastic", data_dir=tiny_coco, **common)
+        killer.join(timeout=10)
+        assert node_b not in cluster.worker_nodes, "node B was not killed"
+
+        records = _records(debug)
+        starts = [r for rank in sorted(records) for r in records[rank] if r["event"] == "start"]
+        first = [s for s in starts if s["world_size"] == 2]
+        last = [s for s in starts if s["world_size"] == 1]
+        assert {s["node_id"] for s in first} == {node_a.node_id, node_b.node_id}  # workers on both nodes
+        assert cluster.head_node.node_id not in {s["node_id"] for s in starts}    # rank 0 not on the driver's
+        assert len(last) == 1 and last[0]["node_id"] == node_a.node_id and last[0]["start_epoch"] == 1
+        assert last[0]["base_lr"] == pytest.approx(first[0]["base_lr"] / 2)      # half the global batch
+        assert all("runtime_resources" in s["code"] for s in starts), "workers did not run the shipped code"
+        epochs = {r["event"]: r for r in records[0] if r["event"].startswith("epoch")}  # rank 0, latest per epoch
+        assert [epochs[f"epoch{e}"]["world_size"] for e in range(3)] == [2, 1, 1]
+        assert len(set(epochs["epoch1"]["image_ids"])) == 8  # alone after the restart: the whole epoch
+        epoch0 = [set(next(r for r in records[rank] if r["event"] == "epoch0")["image_ids"]) for rank in (0, 1)]
+        assert not epoch0[0] & epoch0[1] and len(epoch0[0] | epoch0[1]) == 8
+        assert not any(r.get("mlflow_imported") for rank in records.values() for r in rank), "a worker used MLflow"
+        assert result.summary["epochs"] == 3 and result.summary["world_size"] == 1
+        assert [row["world_size"] for row in result.history] == [2, 1, 1]
+
+        # driver-side tracking: one finished run in the default sqlite store, curves at step and epoch level
+        client = MlflowClient(uri)
+        run = client.get_run(result.mlflow_run["run_id"])
+        assert run.info.status == "FINISHED" and result.mlflow_run["tracking_uri"] == uri
+        assert sorted({m.step for m in client.get_metric_history(run.info.run_id, "epoch/loss")}) == [1, 2, 3]
+        assert [m.value for m in sorted(client.get_metric_history(run.info.run_id, "epoch/world_size"),
+                                        key=lambda m: m.step)][-2:] == [1, 1]
+        steps = {m.step for m in client.get_metric_history(run.info.run_id, "train/loss")}
+        assert {1, 2} <= steps and max(steps) == result.history[-1]["global_step"]
+
+        # --- a NaN loss names the step (node A only now)
         monkeypatch.setenv("DETPIPE_NONFINITE_AT_STEP", "1")
         with pytest.raises(NonFiniteLossError, match=r"epoch 1, step 2 \(global step 2\).*total=nan"):
-            fit(params, run_name="nan", **common)
+            fit(tiny_params("train.val_every=0"), run_name="nan", data_dir=tiny_coco, **common)
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def _logged_epochs(uri: str) -> int:
+    """Epoch rows the driver has logged into the run of the store at ``uri`` (0 before it exists)."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        client = MlflowClient(uri)
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        return max((len(client.get_metric_history(r.info.run_id, "epoch/loss")) for r in runs), default=0)
+    except Exception:
+        return 0

@@ -2,7 +2,8 @@
 
 One Ray session (for the module) runs a 4-trial, 2-epoch ASHA grid sweep on the tiny dataset,
 interrupted (like Ctrl+C) after 2 trials and resumed by rerunning the same command: completed
-trials are not redone, the MLflow runs nest under one parent, and ``best_params.yaml`` validates.
+trials are not redone, the MLflow runs nest under one parent (logged by the sweep's driver), and
+``best_params.yaml`` validates. A third run of the finished sweep reuses it.
 Then a 2-trial, 1-epoch Optuna (TPE) sweep over the default vs the fitted anchors and the RPN
 IoU thresholds: Optuna is told every trial's AP, and the winner's names resolve to anchor values.
 """
@@ -165,6 +166,16 @@ def test_tiny_sweep_interrupted_then_resumed(tmp_path, tiny_coco, params_file, m
         assert "anchor_bpr" in child.data.metrics
     assert sum(c.data.tags["tune.best"] == "true" for c in children) == 1
     assert parent.data.tags["tune.best_trial_id"] == second.best.trial_id
+    # the trials' metrics were logged by the sweep's driver from their reports (epochs and progress rows)
+    assert all("epoch/AP50" in c.data.metrics and "train/loss" in c.data.metrics for c in children)
+    assert parent.data.tags["tune.code_fingerprint"] == children[0].data.tags["code_fingerprint"]
+
+    # the same sweep once more: reused (outputs written again from its results, nothing trained or logged)
+    (out / "trials.csv").unlink()
+    third = run_sweep(params, data_dir=tiny_coco, out_dir=out, root=tmp_path)
+    assert third.reused and third.complete and third.best.trial_id == second.best.trial_id
+    assert list(csv.DictReader((out / "trials.csv").open())) == rows
+    assert len(client.search_runs([parent.info.experiment_id])) == 1 + len(children)
 
 
 @pytest.mark.slow

@@ -63,3 +63,43 @@ def test_scheduler_drives_the_optimiser_and_restores_from_state():
     assert opt2.param_groups[0]["lr"] == pytest.approx(0.01)  # step 5: still after the first milestone
     assert isinstance(build_optimizer(model, TrainParams(optimizer="adamw"), lr=1e-3), torch.optim.AdamW)
     assert math.isclose(opt.param_groups[0]["momentum"], 0.9)
+
+
+@pytest.mark.parametrize("lr_scaling", ["linear", "none"])
+def test_resume_schedule_after_world_size_change(lr_scaling):
+    """A run restarted with another world size continues exactly as a run of that world size would."""
+    from pipeline.training.optim import resume_schedule
+
+    train = TrainParams(epochs=3, lr=0.02, batch_size=2, reference_batch_size=8, lr_scaling=lr_scaling,
+                        lr_schedule="cosine", warmup_iters=3, optimizer="adamw", weight_decay=0.01)
+    images = 16
+
+    def setup(world):
+        model = torch.nn.Linear(2, 1)
+        opt = build_optimizer(model, train, scaled_lr(train, world))
+        return model, opt, build_scheduler(opt, train, images // (train.batch_size * world))
+
+    def run(opt, sched, steps):
+        lrs = []
+        for _ in range(steps):
+            lrs.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return lrs
+
+    # epoch 1 with 2 workers (4 steps), saved ...
+    _, opt2, sched2 = setup(world=2)
+    run(opt2, sched2, 4)
+    saved_opt, saved_sched = opt2.state_dict(), sched2.state_dict()
+    # ... resumed with 1 worker (8 steps per epoch): epochs 2 and 3 follow the 1-worker schedule
+    _, opt1, sched1 = setup(world=1)
+    opt1.load_state_dict(saved_opt)
+    sched1.load_state_dict(saved_sched)
+    resume_schedule(opt1, sched1, scaled_lr(train, 1), position=1 * 8)
+    resumed = run(opt1, sched1, 16)
+    _, ref_opt, ref_sched = setup(world=1)
+    reference = run(ref_opt, ref_sched, 24)[8:]
+    assert resumed == pytest.approx(reference)
+    assert all(g["initial_lr"] == scaled_lr(train, 1) for g in opt1.param_groups)
+    if lr_scaling == "linear":
+        assert scaled_lr(train, 1) == pytest.approx(scaled_lr(train, 2) / 2)  # half the global batch

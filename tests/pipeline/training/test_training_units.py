@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from pipeline.training import driver, reports, tracking
+from pipeline.training import driver, reports, storage, tracking
 from pipeline.training.loop import NonFiniteLossError, check_finite, training_targets
 
 
@@ -31,8 +31,12 @@ def test_run_name_follows_params_and_data(tiny_params, tiny_coco):
     name = driver.default_run_name(a, tiny_coco)
     assert name == driver.default_run_name(tiny_params(), tiny_coco)  # deterministic: a rerun resumes
     assert name != driver.default_run_name(b, tiny_coco)              # changed config: a fresh run
-    assert name != driver.default_run_name(tiny_params("ray.max_failures=3"), tiny_coco) or True
-    assert name == driver.default_run_name(tiny_params("mlflow.experiment_name=other"), tiny_coco)
+    for result_changing in ("ray.num_workers=2", "ray.num_workers=[1,2]", "ray.use_gpu=true", "data.resize.min_size=32"):
+        assert name != driver.default_run_name(tiny_params(result_changing), tiny_coco), result_changing
+    for infrastructure in ("ray.max_failures=3", "ray.address=auto", "ray.storage_path=/elsewhere",
+                           "ray.cpus_per_worker=2", "ray.checkpoints_to_keep=5", "mlflow.tracking_uri=http://h:1",
+                           "mlflow.experiment_name=other", "mlflow.log_model=true", "evaluate.batch_size=1"):
+        assert name == driver.default_run_name(tiny_params(infrastructure), tiny_coco), infrastructure
     (tiny_coco / "train.json").write_text((tiny_coco / "train.json").read_text() + " ")
     assert name != driver.default_run_name(a, tiny_coco)               # changed data: a fresh run
 
@@ -52,8 +56,8 @@ def test_storage_path_and_tracking_uri_defaults(tmp_path, monkeypatch):
 def test_preflight_storage_and_tracking_errors(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    with pytest.raises(driver.PreflightError, match="storage_path .* is not writable"):
-        driver._check_storage(str(blocker / "runs"))
+    with pytest.raises(storage.StorageError, match="storage_path .* is not writable"):
+        storage.check_writable(str(blocker / "runs"))
     with pytest.raises(RuntimeError, match="not reachable"):
         tracking.check_reachable("http://127.0.0.1:9", timeout_s=2)
     with pytest.raises(RuntimeError, match="not writable"):
@@ -73,3 +77,13 @@ def test_reports_curve_csv_png_and_summary(tmp_path):
     reports.write_summary({"loss": 0.8}, tmp_path / "train.json")
     assert json.loads((tmp_path / "train.json").read_text()) == {"loss": 0.8}
     assert tracking.flatten({"a": {"b": 1, "c": [1, 2]}, "d": {}}) == {"a.b": 1, "a.c": [1, 2], "d": {}}
+
+
+def test_a_finished_run_continues_only_to_train_more_epochs(tiny_params):
+    finished = {"status": "finished", "epochs": 1}
+    driver._check_continuable("r", finished, ["params"], tiny_params("train.epochs=3"))  # more epochs: fine
+    driver._check_continuable("r", {"status": "running"}, ["code"], tiny_params())        # interrupted: fine
+    with pytest.raises(driver.TrainingError, match="finished with other code, torch; continuing it would mix"):
+        driver._check_continuable("r", finished, ["params", "code", "torch"], tiny_params("train.epochs=3"))
+    with pytest.raises(driver.TrainingError, match="already finished 1 epoch.*would train nothing"):
+        driver._check_continuable("r", finished, ["params"], tiny_params("train.lr=0.1"))

@@ -1,0 +1,134 @@
+"""Connecting to Ray and shipping this project to its nodes.
+
+Every process Ray starts for a run (the training workers, the Train controller, Tune's trial
+actors, the preflight checks) runs in the job's runtime environment (:func:`runtime_env`):
+
+- **code**: the ``detector`` and ``pipeline`` packages the driver imported (their ``*.py``
+  files only), staged into a folder that Ray uploads as the job's ``working_dir``. Every
+  process of the run imports them from there, so a node runs the driver's code, not whatever
+  version is installed (or checked out at the driver's path) there. A ``working_dir`` rather
+  than ``py_modules``: without one, Ray puts the driver's current folder first on the workers'
+  ``sys.path``, which on a node with an old checkout at the same path would shadow the shipped
+  code. The third-party libraries (torch, torchvision, Ray, MLflow, pycocotools) must be
+  installed on every node, in the versions the driver has (preflight compares torch and
+  torchvision);
+- **environment**: only the variables a run needs (:data:`FORWARDED_ENV`,
+  :data:`FORWARDED_ENV_PREFIXES`): storage credentials (workers write checkpoints), tracking
+  credentials (the driver-side tracking runs in the Train controller process, which Ray
+  starts), and the quiet-log switches. Nothing else of the driver's environment is copied.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+__all__ = ["FORWARDED_ENV", "FORWARDED_ENV_PREFIXES", "SHIPPED_PACKAGES", "ensure_ray", "forwarded_env",
+           "runtime_env"]
+
+# The packages shipped to every node (top-level import names); only their Python sources.
+SHIPPED_PACKAGES = ("detector", "pipeline")
+SHIPPED_FILES = "*.py"
+
+# Environment variables a run needs on the cluster, by exact name ...
+FORWARDED_ENV = (
+    "MLFLOW_TRACKING_URI",          # tracking (used by the driver-side tracking in the Train controller)
+    "MLFLOW_TRACKING_TOKEN",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_INSECURE_TLS",
+    "MLFLOW_TRACKING_SERVER_CERT_PATH",
+    "MLFLOW_TRACKING_CLIENT_CERT_PATH",
+    "MLFLOW_S3_ENDPOINT_URL",       # artifact store on S3-compatible storage
+    "MLFLOW_DISABLE_TELEMETRY",
+    "RAY_TRAIN_ENABLE_PRINT_PATCH",  # quiet logs
+)
+# ... and by prefix: cloud storage credentials and settings for ray.storage_path (s3://, gs://, abfs://).
+FORWARDED_ENV_PREFIXES = ("AWS_", "GOOGLE_", "GCS_", "AZURE_STORAGE_")
+
+
+def forwarded_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The variables of ``environ`` (default: ``os.environ``) that a run forwards to the cluster."""
+    environ = os.environ if environ is None else environ
+    return {k: v for k, v in sorted(environ.items())
+            if k in FORWARDED_ENV or k.startswith(FORWARDED_ENV_PREFIXES)}
+
+
+@contextmanager
+def staged_code() -> Iterator[Path]:
+    """A temporary folder holding a copy of :data:`SHIPPED_PACKAGES` (``*.py`` files only)."""
+    from pipeline.training.identity import source_dir
+
+    folder = Path(tempfile.mkdtemp(prefix="detpipe-code-"))
+    try:
+        for package in SHIPPED_PACKAGES:
+            source = source_dir(package)
+            for path in source.rglob(SHIPPED_FILES):
+                if "__pycache__" in path.parts:
+                    continue
+                target = folder / package / path.relative_to(source)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, target)
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def runtime_env(code_dir: str | Path, extra_env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The job's runtime environment: the staged code (:func:`staged_code`) and the forwarded variables."""
+    return {"working_dir": str(code_dir), "env_vars": {**forwarded_env(), **(extra_env or {})}}
+
+
+def ensure_ray(address: str | None) -> bool:
+    """Connect to ``address`` (or ``RAY_ADDRESS``), else start a new local Ray; no-op if connected.
+
+    ``"auto"`` joins the cluster this machine belongs to (``ray start``); ``"local"`` or no
+    address always starts a fresh local instance with this machine's CPUs/GPUs. The job runs
+    in :func:`runtime_env` (Ray uploads the staged code during ``ray.init``). A Ray that is
+    already initialised (by the caller) is used as it is: initialise it inside
+    ``with staged_code() as code: ray.init(..., runtime_env=runtime_env(code))`` to ship the code.
+
+    Returns True when this call started/connected Ray (the caller may ``ray.shutdown()``).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address == "local":
+        address = None
+    extra: dict[str, str] = {}
+    kwargs: dict[str, Any] = {}
+    # Ray Train's placement-group cleaner (a detached actor) finds the cluster through the State
+    # API; with no address it auto-detects and fails when several Ray instances share the machine
+    # ("Found multiple active Ray instances"), leaking placement groups. Tell it where to look.
+    if address is None:
+        # "local": never join whatever /tmp/ray/ray_current_cluster points at (a stale `ray start`)
+        address = "local"
+        kwargs["dashboard_port"] = _free_port()
+        extra["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{kwargs['dashboard_port']}"
+        # Ray Train's PreemptionWatcher watches for nodes being drained (autoscaler, spot); a local
+        # single-machine Ray has none. It is an actor with max_restarts=-1 whose constructor takes the
+        # workers' actor handles, which makes Ray's core worker log an error line on every run
+        # ("... constructor arguments in the object store and max_restarts > 0", ray#53727).
+        extra["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
+    elif address != "auto" and "://" not in address:
+        extra["RAY_ADDRESS"] = address
+    with staged_code() as code:
+        ray.init(address=address, logging_config=ray.LoggingConfig(log_level="ERROR"), log_to_driver=True,
+                 runtime_env=runtime_env(code, extra), **kwargs)
+    return True
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
