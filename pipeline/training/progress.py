@@ -17,10 +17,8 @@ the same metrics to its driver (``TuneReportCallback``), where
 
 from __future__ import annotations
 
-import importlib
 import math
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -102,12 +100,6 @@ class MlflowMetrics:
 
     def __getstate__(self) -> dict[str, Any]:
         return {"tracking_uri": self.tracking_uri, "run_id": self.run_id, "_client": None}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        # unpickled where the reports arrive (the Train controller): import MLflow (~2 s) while the
-        # workers start, not when the first epoch report is waiting
-        threading.Thread(target=importlib.import_module, args=("mlflow.tracking",), daemon=True).start()
 
     def on_epoch(self, report: EpochReport) -> None:
         from mlflow.entities import Metric
