@@ -228,3 +228,38 @@ def every_anchor_best_iou():
     from pipeline.anchor_search.geometry import best_iou_every_anchor
 
     return best_iou_every_anchor
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+@pytest.fixture
+def repo_clone(tmp_path: Path):
+    """Factory: ``repo_clone(params_update, before_commit=None) -> Path``: a git repository in
+    ``tmp_path/repo`` holding this checkout's tracked and untracked (not ignored) files, with
+    ``params_update`` merged into its ``params.yaml``; ``before_commit(path)`` may add files first."""
+
+    def make(params_update: dict, before_commit=None) -> Path:
+        files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
+                               capture_output=True, text=True, check=True).stdout.split()
+        dest = tmp_path / "repo"
+        for name in files:
+            if (REPO / name).is_file():
+                (dest / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(REPO / name, dest / name)
+        params = yaml.safe_load((dest / "params.yaml").read_text())
+        (dest / "params.yaml").write_text(yaml.safe_dump(_deep_merge(params, params_update), sort_keys=False))
+        if before_commit is not None:
+            before_commit(dest)
+        for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                    ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
+            subprocess.run(cmd, cwd=dest, capture_output=True, text=True, check=True)
+        return dest
+
+    return make

@@ -9,7 +9,6 @@ the repository itself (``DVC_ROOT``).
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -34,15 +33,6 @@ TINY = {  # one training epoch of 8 small images on 1 worker: the cheapest real 
 }
 
 
-def _merge(base: dict, update: dict) -> dict:
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
-        else:
-            base[key] = value
-    return base
-
-
 def _env() -> dict:
     env = dict(os.environ)
     env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
@@ -59,20 +49,8 @@ def _run(cmd: list[str], cwd: Path) -> str:
 
 
 @pytest.fixture
-def tiny_repo(tmp_path: Path) -> Path:
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
-                           capture_output=True, text=True, check=True).stdout.split()
-    dest = tmp_path / "repo"
-    for name in files:
-        if (REPO / name).is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, dest / name)
-    params = yaml.safe_load((dest / "params.yaml").read_text())
-    (dest / "params.yaml").write_text(yaml.safe_dump(_merge(params, TINY), sort_keys=False))
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
-        _run(cmd, dest)
-    return dest
+def tiny_repo(repo_clone) -> Path:
+    return repo_clone(TINY)
 
 
 def _runs(repo: Path) -> list:

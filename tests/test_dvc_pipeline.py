@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -40,15 +39,6 @@ TINY = {
 }
 
 
-def _merge(base: dict, update: dict) -> dict:
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
-        else:
-            base[key] = value
-    return base
-
-
 def _run(cmd: list[str], cwd: Path, env: dict) -> str:
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
@@ -56,23 +46,8 @@ def _run(cmd: list[str], cwd: Path, env: dict) -> str:
 
 
 @pytest.fixture
-def repo_copy(tmp_path: Path, mixed_coco) -> Path:
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
-                           capture_output=True, text=True, check=True).stdout.split()
-    dest = tmp_path / "repo"
-    for name in files:
-        src = REPO / name
-        if src.is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / name)
-    params = yaml.safe_load((dest / "params.yaml").read_text())
-    (dest / "params.yaml").write_text(yaml.safe_dump(_merge(params, TINY), sort_keys=False))
-    mixed_coco(root=dest / "data" / "raw" / "coco", num_images=16)
-    env = _env(dest)
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
-        _run(cmd, dest, env)
-    return dest
+def repo_copy(repo_clone, mixed_coco) -> Path:
+    return repo_clone(TINY, before_commit=lambda dest: mixed_coco(root=dest / "data" / "raw" / "coco", num_images=16))
 
 
 def _env(cwd: Path) -> dict:
