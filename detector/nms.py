@@ -66,7 +66,7 @@ def _suppression(boxes: Tensor, valid: Tensor, iou_threshold: float) -> Tensor:
 
 
 def nms_matrix(boxes: Tensor, scores: Tensor, valid: Tensor, iou_threshold: float,
-               max_chunk_elements: int = 1 << 25, check_every: int = 8) -> Tensor:
+               max_chunk_elements: int = 1 << 25, check_every: int = 16) -> Tensor:
     """Greedy NMS of every group at once, without data-dependent shapes.
 
     Args:
