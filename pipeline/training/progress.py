@@ -23,6 +23,7 @@ where :class:`pipeline.tuning.tracking.TrialTracker` feeds them to :class:`Mlflo
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import math
 import sys
@@ -159,11 +160,9 @@ class MlflowMetrics:
         return {"tracking_uri": self.tracking_uri, "run_id": self.run_id, "_client": None,
                 "_system_steps": self._system_steps}
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        # unpickled where the reports arrive (the Train controller): import MLflow (~2 s) while the
-        # workers start, not when the first epoch report is waiting
-        threading.Thread(target=importlib.import_module, args=("mlflow.tracking",), daemon=True).start()
+    def warm_up(self) -> None:
+        """Import MLflow (~2 s), called in the background when the sink arrives in the Train controller."""
+        importlib.import_module("mlflow.tracking")
 
     def on_epoch(self, report: EpochReport) -> None:
         from mlflow.entities import Metric
@@ -179,6 +178,17 @@ class MlflowMetrics:
         metrics += self._system_steps.to_metrics(self._client, self.run_id, report.system)
         for i in range(0, len(metrics), 1000):  # log_batch takes at most 1000 metrics per call
             self._client.log_batch(self.run_id, metrics=metrics[i:i + 1000])
+
+
+def _in_train_controller() -> bool:
+    """Whether this process is Ray Train's controller actor (not a worker, not the driver)."""
+    try:
+        import ray
+
+        actor = ray.get_runtime_context().current_actor
+        return actor._ray_actor_creation_function_descriptor.class_name == "TrainController"
+    except Exception:  # not in an actor, or another Ray version: no warm-up, the sinks import on first use
+        return False
 
 
 def _warn(message: str) -> None:
@@ -197,10 +207,26 @@ def dispatch(sinks: list[MetricsSink], report: EpochReport | None) -> None:
 
 
 class ProgressCallback(UserCallback):
-    """The driver-side end of every rank's reports (a Ray Train ``UserCallback``): parse, dispatch to sinks."""
+    """The driver-side end of every rank's reports (a Ray Train ``UserCallback``): parse, dispatch to sinks.
+
+    When it arrives in the Train controller, each sink's ``warm_up()`` (if any: importing MLflow,
+    DVCLive) runs in the background while the workers start, not when the first report is
+    waiting. Ray also ships the callbacks to every worker (in the run config of their train
+    context): there they stay inert, and no worker imports a tracking library.
+    """
 
     def __init__(self, sinks: list[MetricsSink]):
         self.sinks = list(sinks)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if _in_train_controller():
+            threading.Thread(target=self._warm_up, daemon=True).start()
+
+    def _warm_up(self) -> None:
+        for sink in self.sinks:
+            with contextlib.suppress(Exception):  # a sink that cannot warm up fails (and says so) when used
+                getattr(sink, "warm_up", lambda: None)()
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
         dispatch(self.sinks, EpochReport.from_workers(metrics, getattr(checkpoint, "path", None)))

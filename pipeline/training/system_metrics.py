@@ -10,8 +10,9 @@ monitor does, continued when a run is resumed). The same :class:`NodeSampler` sa
 
 - **the driver's node**: in the driver process, logging each sample as it is taken
   (:func:`driver_monitor`);
-- **every other node that runs a worker**: in the node's local rank 0 (:func:`worker_sampler`);
-  the samples ride on that worker's epoch report (:mod:`pipeline.training.progress`) and the
+- **every other node that runs a worker**: in the node's local rank 0 (:func:`worker_sampler`;
+  Ray Train numbers local ranks per IP address, so one sampler per machine even where several
+  Ray nodes share one); the samples ride on that worker's epoch report (:mod:`pipeline.training.progress`) and the
   driver's side logs them (:func:`to_metrics`), so a long epoch carries many samples and the
   workers never touch the tracking store.
 
