@@ -152,7 +152,8 @@ def test_dvc_repro_end_to_end(repo_copy: Path, console_noise):
     # colour per revision (and one line style per loss term)
     proc = subprocess.run([dvc, "plots", "diff", "--json"], cwd=repo_copy, env=env, capture_output=True, text=True,
                           timeout=600, check=True)
-    plots = {path: specs[0]["content"] for path, specs in json.loads(proc.stdout)["data"].items()}
+    plots = {path: specs[0]["content"] for path, specs in json.loads(proc.stdout)["data"].items()
+             if specs[0]["type"] == "vega"}
     spec = plots["reports/pr_curve.csv"]
     assert spec["encoding"]["color"]["field"] == "class" and spec["encoding"]["strokeDash"]["field"] == "rev"
     assert {row["rev"] for row in spec["data"]["values"]} == {"HEAD", "workspace"}
