@@ -149,12 +149,16 @@ def fit(params: Params, *, run_name: str, storage_path: str, callbacks: Sequence
     mlflow_run = None
     sinks = list(sinks)
     system = None  # what the workers sample (pipeline.training.system_metrics)
+    driver_node = None  # the driver's node, when the driver samples it into the run
     if params.mlflow.system_metrics:
         from pipeline.training.system_metrics import SystemMetricsSettings, this_node
 
-        # with tracking, the driver samples its own node into the run; its workers need not
-        system = SystemMetricsSettings(params.mlflow.system_metrics_interval_s,
-                                       skip_node_id=this_node()[1] if track else None)
+        if track:
+            try:  # with tracking, the driver samples its own node into the run; its workers need not
+                driver_node = this_node()[1]
+            except Exception:  # a driver outside the cluster (Ray Client): the workers sample every node
+                driver_node = None
+        system = SystemMetricsSettings(params.mlflow.system_metrics_interval_s, skip_node_id=driver_node)
     if track:
         run_tags = {
             "git_commit": tracking.git_commit(root), **identity.tags(),
@@ -189,7 +193,7 @@ def fit(params: Params, *, run_name: str, storage_path: str, callbacks: Sequence
     )
     start = time.perf_counter()
     try:
-        with _driver_monitor(mlflow_run if system else None, params, log):
+        with _driver_monitor(mlflow_run if driver_node else None, params, log):
             result = trainer.fit()
     except Exception as err:
         if mlflow_run:

@@ -248,9 +248,10 @@ class SampleSteps:
 
 @contextlib.contextmanager
 def driver_monitor(run_id: str, tracking_uri: str, interval_s: float,
-                   log: Callable[[str], None] | None = None) -> Iterator[str]:
+                   log: Callable[[str], None] | None = None) -> Iterator[str | None]:
     """Sample the driver's node into ``run_id`` while the block runs, each sample logged as it is
-    taken, a last one at the end; yields the node's Ray id (its workers need not sample it).
+    taken, a last one at the end; yields the node's Ray id (its workers need not sample it), or
+    None where the driver is not on a Ray node (nothing sampled).
 
     A failure to log is reported once through ``log`` and does not stop the block.
     """
@@ -270,7 +271,11 @@ def driver_monitor(run_id: str, tracking_uri: str, interval_s: float,
                 log(f"warning: system metrics of the driver's node could not be logged: {type(err).__name__}: {err}")
             failed.append(str(err))
 
-    name, node_id = this_node()
+    try:
+        name, node_id = this_node()
+    except Exception:  # a driver outside the cluster (Ray Client): not a node of the run
+        yield None
+        return
     sampler = NodeSampler(name, interval_s, publish=publish).start()
     try:
         yield node_id
