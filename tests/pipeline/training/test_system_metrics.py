@@ -115,12 +115,19 @@ def test_sampler_thread_drain_and_final_sample():
         NodeSampler("n", 0)
 
 
-def _run(tmp_path):
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One sqlite MLflow store for the module (creating one takes seconds): ``(uri, client, experiment_id)``."""
     from mlflow.tracking import MlflowClient
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root}/mlflow.db"
     client = MlflowClient(uri)
-    experiment = client.create_experiment("e", artifact_location=(tmp_path / "a").as_uri())
+    return uri, client, client.create_experiment("e", artifact_location=(root / "a").as_uri())
+
+
+def _run(store):
+    uri, client, experiment = store
     return uri, client, client.create_run(experiment).info.run_id
 
 
@@ -129,12 +136,12 @@ def _samples(node, t0, n):
              "system_memory_usage_megabytes": 100.0} for i in range(n)]
 
 
-def test_reports_carry_every_nodes_samples_to_mlflow(tmp_path):
+def test_reports_carry_every_nodes_samples_to_mlflow(store):
     """Each node's local rank 0 adds its samples; the sink logs them as system/<node>/<name> at
     their sampling times, numbering each node's samples on from what the run already has."""
     import pickle
 
-    uri, client, run_id = _run(tmp_path)
+    uri, client, run_id = _run(store)
     row = {"epoch": 1, "loss": 1.0}
     rank0 = progress.epoch_metrics(row, [], system=_samples("a", 1_000_000, 2))   # node a, local rank 0
     rank1 = progress.epoch_metrics(row, None)                                     # node a, local rank 1
@@ -165,8 +172,8 @@ def test_tune_forwards_every_ranks_samples():
     assert len(rank0[progress.SYSTEM_KEY]) == 1  # the inputs are left as they were
 
 
-def test_driver_monitor_logs_the_drivers_node(tmp_path, monkeypatch):
-    uri, client, run_id = _run(tmp_path)
+def test_driver_monitor_logs_the_drivers_node(store, monkeypatch):
+    uri, client, run_id = _run(store)
     monkeypatch.setattr(system_metrics, "this_node", lambda: ("10.0.0.1-0123abcd", "0123abcd" * 7))
     with system_metrics.driver_monitor(run_id, uri, 0.05) as node_id:
         assert node_id == "0123abcd" * 7
