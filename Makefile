@@ -38,4 +38,4 @@ bench: install
 	$(BIN)/python benchmarks/bench_detector.py
 
 clean:
-	rm -rf data/prepared models reports mlruns mlflow.db ray_results
+	rm -rf data/prepared models reports dvclive mlruns mlflow.db ray_results

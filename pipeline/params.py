@@ -192,8 +192,12 @@ class MlflowParams:
     registered_model_name: str | None = "faster-rcnn-fpn"  # null: log the model without registering it
     registered_model_alias: str | None = "latest-train"  # moved to each new version; null: no alias
     log_model: bool = True                   # log the final model as a servable pyfunc model
+    system_metrics: bool = True              # CPU/memory/disk/network/GPU of every node into each run
+    system_metrics_interval_s: float = 10.0  # seconds between two system-metric samples of a node
 
     def __post_init__(self) -> None:
+        if not self.system_metrics_interval_s > 0:
+            raise ParamsError(f"mlflow.system_metrics_interval_s: {self.system_metrics_interval_s} must be > 0")
         alias = self.registered_model_alias
         if alias is not None and (not re.fullmatch(r"[\w-]{1,255}", alias) or alias.lower() == "latest"
                                   or re.fullmatch(r"[vV]\d+", alias)):

@@ -7,7 +7,9 @@ Ray Train (:func:`pipeline.training.fit`) and writes:
 - ``models/mlflow_run.json``: ``{"run_id", "tracking_uri", "experiment_id"}`` so evaluation
   logs into the same MLflow run,
 - ``reports/train.json`` (the summary), ``reports/train_metrics.json`` (the DVC metric: ``images_per_s``
-  and ``train_time_s``), ``reports/train_curve.csv`` (DVC plot), ``reports/loss_curve.png``.
+  and ``train_time_s``), ``reports/train_curve.csv`` (DVC plot), ``reports/loss_curve.png``,
+- ``dvclive/``: DVCLive's live metrics and plots, rewritten after every epoch while training runs
+  (:mod:`pipeline.training.live`: ``dvc exp show`` shows a running experiment's progress).
 
 The run is named from everything the model depends on (params, data, code, torch/torchvision;
 :mod:`pipeline.training.identity`): rerunning with identical inputs resumes an interrupted run,
@@ -50,6 +52,7 @@ def run(params: Params, args: argparse.Namespace) -> int:
 
     from pipeline.training import driver
     from pipeline.training.identity import result_params, run_identity
+    from pipeline.training.live import LIVE_DIR, DvcLiveMetrics
     from pipeline.training.loop import NonFiniteLossError
     from pipeline.training.storage import state_root
 
@@ -68,10 +71,12 @@ def run(params: Params, args: argparse.Namespace) -> int:
     workers = params.ray.num_workers
     workers = f"{workers[0]}..{workers[1]}" if isinstance(workers, list) else workers
     _say(f"run {run_name}: {workers} worker(s), storage {storage_path}")
+    live = DvcLiveMetrics(LIVE_DIR, epochs=params.train.epochs)  # absolute: the sink runs in Ray's controller
     ray_was_running = ray.is_initialized()
     try:
         result = driver.fit(params, run_name=run_name, storage_path=storage_path, data_dir=data_dir,
-                            reports_dir=REPORTS_DIR, artifacts=artifacts, tags=tags, root=root, identity=identity)
+                            reports_dir=REPORTS_DIR, artifacts=artifacts, tags=tags, root=root, identity=identity,
+                            sinks=[live])
     except (driver.PreflightError, driver.TrainingError, NonFiniteLossError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -88,6 +93,8 @@ def run(params: Params, args: argparse.Namespace) -> int:
     MLFLOW_RUN_PATH.write_text(json.dumps(result.mlflow_run, indent=2) + "\n")
     headline = {key: result.summary[key] for key in HEADLINE if key in result.summary}
     (REPORTS_DIR / "train_metrics.json").write_text(json.dumps(headline, indent=2) + "\n")
+    if not live.is_current(result.history):  # a reused run trained nothing (or the live sink failed)
+        live.write(result.history)
     s = result.summary
     if result.reused:
         _say(f"model of the finished run {result.run_name} -> {MODEL_PATH}, MLflow run "

@@ -7,8 +7,8 @@ JSON resolves to the source files, that training batched by aspect ratio, that a
 `dvc repro` reruns nothing (only the ``sources`` fingerprint check, which always runs), that a
 rewritten source annotation file reruns ``prepare`` only (its output is unchanged, so training
 is not redone), that changing an evaluation-only param reruns only `evaluate`, that the console has
-no warning or error lines that are not about the run, and that `dvc metrics show/diff` and
-`dvc plots show/diff` work and read well.
+no warning or error lines that are not about the run, that the live DVC metrics (DVCLive's files)
+end at the last epoch, and that `dvc metrics show/diff` and `dvc plots show/diff` work and read well.
 """
 
 from __future__ import annotations
@@ -81,6 +81,11 @@ def test_dvc_repro_end_to_end(repo_copy: Path, console_noise):
                 assert (repo_copy / path).exists(), f"declared output {path} missing"
     metrics = yaml.safe_load((repo_copy / "reports/metrics.json").read_text())
     assert {"AP", "AP50", "AP75"} <= set(metrics)
+    # the live DVC metrics (DVCLive's layout, written by the driver after each epoch) end at the last epoch
+    live = json.loads((repo_copy / "dvclive/metrics.json").read_text())
+    summary = json.loads((repo_copy / "reports/train.json").read_text())
+    assert live["step"] == summary["epochs"] == 1 and live["loss"] == pytest.approx(summary["loss"])
+    assert live["AP50"] == pytest.approx(summary["AP50"])
 
     out = _run([dvc, "repro"], repo_copy, env)
     assert [line for line in out.splitlines() if "Running stage" in line] == ["Running stage 'sources':"], out
@@ -106,19 +111,30 @@ def test_dvc_repro_end_to_end(repo_copy: Path, console_noise):
     # --- DVC's own commands, as the README tells a user to run them
     out = _run([dvc, "metrics", "show", "--md"], repo_copy, env)
     classes = json.loads((repo_copy / "reports/data.json").read_text())["class_names"]
-    # headline numbers only: a fixed part plus one AP_<class> column per class (the old table was ~3700 wide)
-    limit = 160 + sum(len(f"AP_{name}") + 3 for name in classes)
+    # headline numbers only: a fixed part (with the live row's `step` and `loss`; its AP columns are shared)
+    # plus one AP_<class> column per class (the old table was ~3700 wide)
+    limit = 180 + sum(len(f"AP_{name}") + 3 for name in classes)
     assert max(map(len, out.splitlines())) <= limit, out
-    assert {"reports/data_metrics.json", "reports/train_metrics.json", "reports/metrics.json"} <= set(out.split())
+    assert {"reports/data_metrics.json", "reports/train_metrics.json", "reports/metrics.json",
+            "dvclive/metrics.json"} <= set(out.split())
     out = _run([dvc, "metrics", "diff", "--all", "--md"], repo_copy, env)
     assert "AP50" in out and "images_per_s" in out, out
     for cmd in (["plots", "show"], ["plots", "diff"]):
         out = _run([dvc, *cmd], repo_copy, env)
         assert "failed to load" not in out and "ERROR" not in out, out
         assert (repo_copy / "dvc_plots" / "index.html").is_file()
-    # per-class PR curves: one colour per class, one line style per revision
-    proc = subprocess.run([dvc, "plots", "diff", "--targets", "reports/pr_curve.csv", "--show-vega"], cwd=repo_copy,
-                          env=env, capture_output=True, text=True, timeout=600, check=True)
-    spec = json.loads(proc.stdout)
+    # per-class PR curves: one colour per class, one line style per revision; the live loss curves: one
+    # colour per revision (and one line style per loss term)
+    proc = subprocess.run([dvc, "plots", "diff", "--json"], cwd=repo_copy, env=env, capture_output=True, text=True,
+                          timeout=600, check=True)
+    plots = {path: specs[0]["content"] for path, specs in json.loads(proc.stdout)["data"].items()
+             if specs[0]["type"] == "vega"}
+    spec = plots["reports/pr_curve.csv"]
     assert spec["encoding"]["color"]["field"] == "class" and spec["encoding"]["strokeDash"]["field"] == "rev"
     assert {row["rev"] for row in spec["data"]["values"]} == {"HEAD", "workspace"}
+    spec = plots["dvclive/plots/metrics/loss.tsv"]
+    assert spec["encoding"]["color"]["field"] == "rev" and spec["data"]["values"]
+    spec = plots["dvclive/plots/custom/loss_terms.json"]
+    assert spec["encoding"]["strokeDash"]["field"] == "field"
+    assert {row["field"] for row in spec["data"]["values"]} == {"loss", "loss_box", "loss_cls", "loss_rpn_box",
+                                                                "loss_rpn_obj"}

@@ -14,10 +14,13 @@ finished run X": nothing is trained, logged or registered again).
 
 Tracking happens on the driver's side only (:mod:`pipeline.training.progress`): workers report,
 a Ray Train callback in the controller logs to MLflow, so no worker needs the tracking store.
+System metrics (:mod:`pipeline.training.system_metrics`): the driver samples its own node into
+the run; the other nodes' samples arrive with the reports.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
@@ -100,7 +103,8 @@ def fit(params: Params, *, run_name: str, storage_path: str, callbacks: Sequence
         artifacts: extra files logged to the MLflow run when present (params.yaml, data reports).
         tags: extra MLflow run tags.
         root: the state root: default ``mlflow.db``/``mlruns`` location.
-        track: False: no MLflow at all (a Tune trial: the sweep's driver tracks its reports).
+        track: False: no MLflow at all (a Tune trial: the sweep's driver tracks its reports; the
+            workers then sample every node's system metrics, the driver's node included).
         check: False: skip :func:`preflight` (the caller ran it).
         identity: the run's identity (default: from the params, data and training code).
         sinks: more receivers of every epoch report on the driver's side (objects with
@@ -144,6 +148,17 @@ def fit(params: Params, *, run_name: str, storage_path: str, callbacks: Sequence
     rp = params.ray
     mlflow_run = None
     sinks = list(sinks)
+    system = None  # what the workers sample (pipeline.training.system_metrics)
+    driver_node = None  # the driver's node, when the driver samples it into the run
+    if params.mlflow.system_metrics:
+        from pipeline.training.system_metrics import SystemMetricsSettings, this_node
+
+        if track:
+            try:  # with tracking, the driver samples its own node into the run; its workers need not
+                driver_node = this_node()[1]
+            except Exception:  # a driver outside the cluster (Ray Client): the workers sample every node
+                driver_node = None
+        system = SystemMetricsSettings(params.mlflow.system_metrics_interval_s, skip_node_id=driver_node)
     if track:
         run_tags = {
             "git_commit": tracking.git_commit(root), **identity.tags(),
@@ -161,7 +176,8 @@ def fit(params: Params, *, run_name: str, storage_path: str, callbacks: Sequence
     score = rp.checkpoint_score_attribute
     trainer = TorchTrainer(
         _train_fn,
-        train_loop_config={"params": params, "data_dir": str(data_dir), "debug": _debug_hooks(rp.max_workers)},
+        train_loop_config={"params": params, "data_dir": str(data_dir), "system_metrics": system,
+                           "debug": _debug_hooks(rp.max_workers)},
         scaling_config=ray.train.ScalingConfig(num_workers=rp.scaling_num_workers(), use_gpu=rp.use_gpu,
                                                resources_per_worker=_resources_per_worker(params)),
         torch_config=TorchConfig(backend="nccl" if rp.use_gpu else "gloo"),
@@ -177,7 +193,8 @@ def fit(params: Params, *, run_name: str, storage_path: str, callbacks: Sequence
     )
     start = time.perf_counter()
     try:
-        result = trainer.fit()
+        with _driver_monitor(mlflow_run if driver_node else None, params, log):
+            result = trainer.fit()
     except Exception as err:
         if mlflow_run:
             tracking.mark_failed(mlflow_run)
@@ -219,6 +236,16 @@ def fit(params: Params, *, run_name: str, storage_path: str, callbacks: Sequence
         mlflow_run=dict(mlflow_run) if mlflow_run else None, model_uri=model_uri,
         reports={k: str(v) for k, v in written.items()}, identity=identity.to_dict(),
     )
+
+
+def _driver_monitor(run: dict[str, str] | None, params: Params, log: Callable[[str], None]
+                    ) -> contextlib.AbstractContextManager[Any]:
+    """System metrics of the driver's node into ``run`` while training (nothing without a run)."""
+    if run is None:
+        return contextlib.nullcontext()
+    from pipeline.training.system_metrics import driver_monitor
+
+    return driver_monitor(run["run_id"], run["tracking_uri"], params.mlflow.system_metrics_interval_s, log=log)
 
 
 def _check_continuable(run_name: str, record: dict[str, Any], changed: list[str], params: Params) -> None:

@@ -12,7 +12,9 @@ epoch replaces its row in the history.
 
 Workers never touch the tracking store: rank 0's epoch report carries the epoch's metrics and
 the progress rows it printed every ``train.log_every`` steps (:mod:`pipeline.training.progress`),
-and the driver logs them. One report per epoch keeps the cost at one barrier per epoch.
+the local rank 0 of each node the driver does not sample adds the node's system-metric samples
+(:mod:`pipeline.training.system_metrics`), and the driver logs them. One report per epoch keeps
+the cost at one barrier per epoch.
 
 Elastic runs: the world size may differ after a restart (``ray.num_workers: [min, max]``). The
 checkpoint records the world size it was written with; the resumed epoch reshards the data for
@@ -77,8 +79,10 @@ def training_targets(targets: list[dict[str, Tensor]]) -> list[dict[str, Tensor]
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     """Train on this rank; returns (on every rank) the status and the per-epoch history.
 
-    ``config`` keys: ``params`` (:class:`Params`), ``data_dir`` (absolute), ``debug`` (test
-    hooks: ``record_dir``, ``fault_at_step``, ``fault_marker``, ``hang_at_step``, ``nonfinite_at_step``).
+    ``config`` keys: ``params`` (:class:`Params`), ``data_dir`` (absolute), ``system_metrics``
+    (a :class:`~pipeline.training.system_metrics.SystemMetricsSettings`, or None: no sampling),
+    ``debug`` (test hooks: ``record_dir``, ``fault_at_step``, ``fault_marker``, ``hang_at_step``,
+    ``nonfinite_at_step``).
     """
     import ray.train
     import ray.train.torch
@@ -86,7 +90,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     from detector import build_model
     from pipeline.data.dataset import CocoDetectionDataset
     from pipeline.data.transforms import build_transforms
-    from pipeline.training import progress
+    from pipeline.training import progress, system_metrics
     from pipeline.training.loader import build_train_loader
 
     _quiet_ray_train_logs()
@@ -159,6 +163,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     val_ds = None
     if rank == 0 and train.val_every:
         val_ds = _eval_dataset(data_dir / "val.json", params)
+    node_sampler = system_metrics.worker_sampler(config.get("system_metrics"), ctx.get_local_rank())
+    first_report = True  # rank 0's first report of this (re)start carries the history
     run_start = time.perf_counter()
     steps_done_this_run = 0
 
@@ -196,6 +202,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                              total=reduced["loss"])
             except NonFiniteLossError as err:
                 # returning (not raising) keeps Ray's FailureConfig from retrying a deterministic failure
+                if node_sampler is not None:
+                    node_sampler.stop()
                 return {"status": "nonfinite", "error": str(err), "history": history, "world_size": world}
 
             optimizer.zero_grad(set_to_none=True)
@@ -243,7 +251,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             _say("epoch {}/{} done in {:.1f}s: loss {:.3f}, {:.1f} img/s{}".format(
                 epoch + 1, train.epochs, epoch_time, row["loss"], row["images_per_s"],
                 "".join(f", {k} {row[k]:.3f}" for k in ("AP50", "AP", "val_loss") if k in row)))
-        metrics = progress.epoch_metrics(row, step_rows if rank == 0 else None)
+        metrics = progress.epoch_metrics(row, step_rows if rank == 0 else None,
+                                         system=node_sampler.drain() if node_sampler is not None else None,
+                                         history=history if rank == 0 and first_report else None)
+        first_report = False
         if rank == 0:
             with tempfile.TemporaryDirectory() as tmp:
                 train_state.save_state(tmp, {
@@ -256,6 +267,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
             ray.train.report(metrics, checkpoint=None)
+    if node_sampler is not None:
+        node_sampler.stop()
     return {"status": "ok", "history": history, "world_size": world, "steps_per_epoch": steps_per_epoch,
             "base_lr": base_lr}
 

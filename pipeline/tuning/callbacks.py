@@ -1,4 +1,4 @@
-"""Tune callbacks of the sweep (imported only when a sweep runs: it imports Ray)."""
+"""Tune and Train callbacks of the sweep (imported only when a sweep runs: it imports Ray)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,20 @@ import signal
 from typing import Any
 
 from ray.tune import Callback
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from pipeline.training.progress import merge_system
+
+
+class TrialReport(TuneReportCallback):
+    """Ray's ``TuneReportCallback`` (a trial's Ray Train reports to Tune), forwarding every rank's
+    system-metric samples with rank 0's metrics instead of rank 0's metrics alone: the local
+    rank 0 of each node samples its node, and the sweep's driver logs all of them."""
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        if metrics:
+            metrics = [merge_system(metrics), *metrics[1:]]
+        super().after_report(run_context, metrics, checkpoint)
 
 # Test-only hook: the driver interrupts itself (like Ctrl+C) after this many trials completed.
 INTERRUPT_ENV = "DETPIPE_TUNE_INTERRUPT_AFTER"

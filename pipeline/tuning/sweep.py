@@ -180,7 +180,7 @@ def run_sweep(params: Params, *, data_dir: str | Path = "data/prepared", out_dir
             tuner = _new_tuner(params, dims, trainable, tune_storage, sweep_id, tracker)
             storage.write_json(state_path, {"parent_run_id": parent["run_id"], "tracking_uri": tracking_uri,
                                             "sweep_id": sweep_id, "trials": total, "identity": identity.to_dict()})
-        with _lenient_metric_check():
+        with _lenient_metric_check(), _driver_monitor(parent, params, log):
             grid = tuner.fit()
         done = _trials_done(experiment_path)
         if done < total:
@@ -222,6 +222,18 @@ def _new_tuner(params: Params, dims: list[Dimension], trainable: Any, tune_stora
         run_config=tune.RunConfig(name=sweep_id, storage_path=tune_storage, verbose=1,
                                   callbacks=[InterruptAfter(), tracker]),
     )
+
+
+def _driver_monitor(parent: dict[str, str], params: Params, log: Any) -> Any:
+    """System metrics of the sweep driver's node into the parent run while the trials run (the
+    trials' runs get their workers' nodes)."""
+    import contextlib
+
+    if not params.mlflow.system_metrics:
+        return contextlib.nullcontext()
+    from pipeline.training.system_metrics import driver_monitor
+
+    return driver_monitor(parent["run_id"], parent["tracking_uri"], params.mlflow.system_metrics_interval_s, log=log)
 
 
 def _trials_done(experiment_path: str) -> int:

@@ -3,11 +3,14 @@
 No trial and no worker touches the tracking store. :class:`TrialTracker` (a Ray Tune callback,
 so it runs in the sweep's driver) creates each trial's child run when the trial starts, with
 the trial's params and the ``mlflow.parentRunId`` tag, and logs every result the trial
-reports: the anchor fit at epoch 0, then rank 0's per-epoch metrics and progress rows, which
-the trial's Ray Train run forwards to Tune (:mod:`pipeline.training.progress`). A trial that
+reports: the anchor fit at epoch 0, then rank 0's per-epoch metrics and progress rows and the
+system metrics its workers sampled on each of their nodes, which the trial's Ray Train run
+forwards to Tune (:mod:`pipeline.training.progress`). A trial that
 ASHA stops is killed mid-training; :func:`close_child_runs` then gives every child its final
 status (``FINISHED``, or ``KILLED`` with ``tune.status=stopped_early``), its anchor fit and the
-``tune.best`` tag. The parent gets the results table and the plot.
+``tune.best`` tag. The parent gets the results table and the plot, and the system metrics of
+the sweep driver's node (:func:`pipeline.training.system_metrics.driver_monitor`, in
+:mod:`pipeline.tuning.sweep`).
 """
 
 from __future__ import annotations
@@ -134,9 +137,13 @@ class TrialTracker(Callback):
         self.experiment_name, self.root = experiment_name, root
         self.spec, self.tags = spec, dict(tags)
         self._runs: dict[str, str] = {}   # trial id -> MLflow run id (rebuilt from MLflow after a restore)
+        self._sinks: dict[str, Any] = {}  # trial id -> its MlflowMetrics (numbers each node's samples)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_runs": {}}
+        return {**self.__dict__, "_runs": {}, "_sinks": {}}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update({"_sinks": {}, **state})
 
     def run_id(self, trial: Any) -> str:
         """The trial's child run: found under the parent (a resumed sweep), else created."""
@@ -170,8 +177,9 @@ class TrialTracker(Callback):
         from pipeline.training import progress
 
         def log() -> None:
-            sink = progress.MlflowMetrics(self.tracking_uri, self.run_id(trial))
-            progress.dispatch([sink], progress.EpochReport.from_metrics(result))
+            if trial.trial_id not in self._sinks:
+                self._sinks[trial.trial_id] = progress.MlflowMetrics(self.tracking_uri, self.run_id(trial))
+            progress.dispatch([self._sinks[trial.trial_id]], progress.EpochReport.from_metrics(result))
 
         self._guard(trial, log)
 

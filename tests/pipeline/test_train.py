@@ -2,17 +2,20 @@
 
 Ray runs cost ~15-40 s each on 2 cores, so each test combines several checks:
 
-- ``test_stage_resume_fault_tolerance_and_mlflow``: a 1-epoch run (disjoint shards, outputs),
-  then the same run name with 3 epochs (resumes at epoch 2 with the optimiser state, survives
-  a worker killing itself in epoch 3), all in one MLflow run on a real ``mlflow server``,
-  whose registered pyfunc model (``models:/NAME@latest-train``, tagged with the commit, the DVC
-  experiment and the val metrics) loads with ``mlflow.pyfunc.load_model`` and detects.
-  An identical rerun reuses the finished run: no worker starts, no new model version.
+- ``test_stage_resume_fault_tolerance_and_mlflow``: a 1-epoch run (disjoint shards, outputs, a
+  console without warnings), then the same run name with 3 epochs (resumes at epoch 2 with the
+  optimiser state, survives a worker killing itself in epoch 3; the live DVC metrics are
+  rewritten after every epoch, with no epoch twice), all in one MLflow run on a real
+  ``mlflow server`` with the driver's node's system metrics, whose registered pyfunc model
+  (``models:/NAME@latest-train``, tagged with the commit, the DVC experiment and the val metrics)
+  loads with ``mlflow.pyfunc.load_model`` and detects. An identical rerun reuses the finished
+  run: no worker starts, no new model version.
 - ``test_cluster_preflight_elastic_training_tracking_and_non_finite_loss``: a local 3-node
   ``ray.cluster_utils.Cluster`` (a CPU-less head, where the driver is, and two 1-CPU nodes):
   too many workers / GPUs and data missing on one node fail before training; an elastic
   ``[1, 2]``-worker run with workers on both nodes survives the loss of one node and finishes
-  on the other, tracked from the driver into the default sqlite store; a NaN loss names the step.
+  on the other, tracked from the driver into the default sqlite store (with system metrics of
+  the driver's node and of the workers' nodes); a NaN loss names the step.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import csv
 import io
 import json
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -55,8 +59,41 @@ def local_ray():
     ray.shutdown()
 
 
+def _system_streams(client, run_id: str) -> dict[str, list[int]]:
+    """The run's system-metric streams: node name -> steps of its CPU samples."""
+    keys = [k for k in client.get_run(run_id).data.metrics if k.startswith("system/")]
+    assert all(k.count("/") == 2 for k in keys), keys  # system/<node>/<metric>
+    return {k.split("/")[1]: [m.step for m in client.get_metric_history(run_id, k)]
+            for k in keys if k.endswith("/cpu_utilization_percentage")}
+
+
+class _Watch:
+    """Records every new value of ``step`` in a JSON file while a block runs (in a thread)."""
+
+    def __init__(self, path: Path):
+        self.path, self.seen, self._stop = path, [], threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self):
+        while not self._stop.wait(0.05):
+            try:
+                step = json.loads(self.path.read_text())["step"]
+            except (OSError, ValueError, KeyError):
+                continue
+            if not self.seen or self.seen[-1] != step:
+                self.seen.append(step)
+
+
 def test_stage_resume_fault_tolerance_and_mlflow(tmp_path, tiny_coco, tiny_params_yaml, mlflow_server, local_ray,
-                                                 monkeypatch, capsys):
+                                                 monkeypatch, capfd, console_noise):
     import mlflow.pyfunc
     import pandas as pd
     from mlflow.tracking import MlflowClient
@@ -73,8 +110,13 @@ def test_stage_resume_fault_tolerance_and_mlflow(tmp_path, tiny_coco, tiny_param
         "mlflow.experiment_name=stage-test", "train.val_every=2",
     ])
 
-    # --- 1 epoch on 2 workers (8 images, 2 per step each: 2 steps per epoch)
+    # --- 1 epoch on 2 workers (8 images, 2 per step each: 2 steps per epoch); a console without noise
+    capfd.readouterr()
     assert main(["train", "--params", str(params), "--run-name", "run-a"]) == 0
+    console = "".join(capfd.readouterr())
+    assert "epoch 1/1 step 2/2 loss" in console and "[train] done: 1 epochs" in console
+    assert console_noise(console) == [], console
+    assert json.loads(Path("dvclive/metrics.json").read_text())["step"] == 1
     records = _records(debug)
     assert sorted(records) == [0, 1]
     seen = [set(next(r for r in records[rank] if r["event"] == "epoch0")["image_ids"]) for rank in (0, 1)]
@@ -95,8 +137,9 @@ def test_stage_resume_fault_tolerance_and_mlflow(tmp_path, tiny_coco, tiny_param
     monkeypatch.setenv("DETPIPE_FAULT_AT_STEP", "4")  # global step 4 = first step of epoch 3
     monkeypatch.setenv("DETPIPE_FAULT_MARKER", str(tmp_path / "fault-fired"))
     monkeypatch.setenv("DVC_EXP_NAME", "exp-tiny")  # as under `dvc exp run`
-    assert main(["train", "--params", str(params), "--run-name", "run-a", "--set", "train.epochs=3",
-                 "--set", "mlflow.log_model=true", "--set", "mlflow.registered_model_name=tiny-frcnn"]) == 0
+    with _Watch(tmp_path / "dvclive" / "metrics.json") as live:
+        assert main(["train", "--params", str(params), "--run-name", "run-a", "--set", "train.epochs=3",
+                     "--set", "mlflow.log_model=true", "--set", "mlflow.registered_model_name=tiny-frcnn"]) == 0
     assert (tmp_path / "fault-fired").exists()
     starts = [r for r in _records(debug)[0] if r["event"] == "start"]
     # resumed after epoch 1, then restarted from the latest persisted checkpoint after the fault: epoch 2's
@@ -107,6 +150,14 @@ def test_stage_resume_fault_tolerance_and_mlflow(tmp_path, tiny_coco, tiny_param
     assert [r["epoch"] for r in rows] == ["1", "2", "3"]
     assert all(r["AP50"] != "" for r in rows)  # the last epoch of each run, and every val_every=2
     assert json.loads(Path("reports/train.json").read_text())["epochs"] == 3
+    # live DVC metrics: DVCLive's files were rewritten after epoch 2 (while epoch 3 trained, restart
+    # included; a rewrite from the history writes metrics.json once) and after epoch 3; the resumed run's
+    # history and the repeated epoch each appear once
+    assert live.seen[0] == 1 and live.seen[-1] == 3 and 2 in live.seen, live.seen
+    loss = list(csv.DictReader(Path("dvclive/plots/metrics/loss.tsv").open(), delimiter="\t"))
+    assert [(r["step"], float(r["loss"])) for r in loss] == [(r["epoch"], pytest.approx(float(r["loss"]), rel=1e-5))
+                                                           for r in rows]
+    assert [r["epoch"] for r in json.loads(Path("dvclive/plots/custom/loss_terms.json").read_text())] == [1, 2, 3]
 
     # --- exactly one MLflow run for the whole training, with params, metrics and the model
     client = MlflowClient(mlflow_server)
@@ -127,6 +178,16 @@ def test_stage_resume_fault_tolerance_and_mlflow(tmp_path, tiny_coco, tiny_param
     assert version.tags["git_commit"] == run.data.tags["git_commit"] and version.tags["dvc_exp_name"] == "exp-tiny"
     assert float(version.tags["val_AP50"]) == pytest.approx(float(rows[-1]["AP50"]), abs=1e-4)
     assert {"code_fingerprint", "torch_version", "params_hash", "data_hash"} <= set(run.data.tags)
+    # system metrics: one stream, the driver's node (its workers, on the same node, do not sample it again),
+    # continued by the resumed run
+    import ray
+
+    from pipeline.training.system_metrics import node_name
+
+    streams = _system_streams(client, run.info.run_id)
+    node = node_name(ray.util.get_node_ip_address(), ray.get_runtime_context().get_node_id())
+    assert list(streams) == [node] and streams[node] == list(range(len(streams[node]))) and len(streams[node]) >= 2
+    assert run.data.metrics[f"system/{node}/system_memory_usage_megabytes"] > 0
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)  # models:/ resolves through the registry
     loaded = mlflow.pyfunc.load_model("models:/tiny-frcnn@latest-train")
     png = io.BytesIO()
@@ -142,10 +203,11 @@ def test_stage_resume_fault_tolerance_and_mlflow(tmp_path, tiny_coco, tiny_param
     debug.mkdir()
     for output in ("models/model.pt", "models/mlflow_run.json", "reports/train.json"):
         Path(output).unlink()
-    capsys.readouterr()
+    capfd.readouterr()
     assert main(["train", "--params", str(params), "--run-name", "run-a", "--set", "train.epochs=3",
                  "--set", "mlflow.log_model=true", "--set", "mlflow.registered_model_name=tiny-frcnn"]) == 0
-    assert "reusing finished run run-a" in capsys.readouterr().err
+    console = "".join(capfd.readouterr())
+    assert "reusing finished run run-a" in console and console_noise(console) == [], console
     assert not list(debug.iterdir())  # no worker ran
     reused = load_checkpoint("models/model.pt").state_dict()
     assert all(torch.equal(reused[k], v) for k, v in trained.items())
@@ -261,6 +323,16 @@ def test_cluster_preflight_elastic_training_tracking_and_non_finite_loss(tmp_pat
                                         key=lambda m: m.step)][-2:] == [1, 1]
         steps = {m.step for m in client.get_metric_history(run.info.run_id, "train/loss")}
         assert {1, 2} <= steps and max(steps) == result.history[-1]["global_step"]
+        # system metrics, one stream per node named <ip>-<node id>: the driver's (the head, sampled by the
+        # driver) and the workers' (sampled by each machine's local rank 0 and sent with the reports), node A's
+        # continued across the restart. Ray Train counts local ranks per IP address, and these three "nodes"
+        # share 127.0.0.1: in the first worker group only rank 0's node sampled (one machine, one stream)
+        streams = _system_streams(client, run.info.run_id)
+        rank0_first = next(s for s in records[0] if s["event"] == "start")["node_id"]
+        expected = {cluster.head_node.node_id, rank0_first, node_a.node_id}
+        assert sorted(name.rsplit("-", 1)[1] for name in streams) == sorted(n[:8] for n in expected), (
+            streams, {k: n.node_id[:8] for k, n in {"head": cluster.head_node, "A": node_a, "B": node_b}.items()})
+        assert all(steps == list(range(len(steps))) for steps in streams.values()), streams
 
         # --- a NaN loss names the step (node A only now)
         monkeypatch.setenv("DETPIPE_NONFINITE_AT_STEP", "1")

@@ -166,8 +166,15 @@ def test_tiny_sweep_interrupted_then_resumed(tmp_path, tiny_coco, params_file, m
         assert "anchor_bpr" in child.data.metrics
     assert sum(c.data.tags["tune.best"] == "true" for c in children) == 1
     assert parent.data.tags["tune.best_trial_id"] == second.best.trial_id
-    # the trials' metrics were logged by the sweep's driver from their reports (epochs and progress rows)
+    # the trials' metrics were logged by the sweep's driver from their reports (epochs and progress rows),
+    # with the system metrics of their workers' node (sampled by the workers); the parent has the driver's
     assert all("epoch/AP50" in c.data.metrics and "train/loss" in c.data.metrics for c in children)
+    import ray
+
+    from pipeline.training.system_metrics import node_name
+
+    node = node_name(ray.util.get_node_ip_address(), ray.get_runtime_context().get_node_id())  # one machine
+    assert all(f"system/{node}/cpu_utilization_percentage" in run.data.metrics for run in [parent, *children])
     assert parent.data.tags["tune.code_fingerprint"] == children[0].data.tags["code_fingerprint"]
 
     # the same sweep once more: reused (outputs written again from its results, nothing trained or logged)

@@ -63,7 +63,8 @@ def test_dvc_stages_list_what_the_identity_hashes():
     train = stages["train"]
     assert set(identity.RESULT_PARAMS) <= set(train["params"])
     infrastructure = {"ray", "mlflow", "ray.address", "ray.storage_path", "mlflow.tracking_uri", "ray.max_failures",
-                      "ray.cpus_per_worker", "ray.checkpoints_to_keep", "ray.checkpoint_score_attribute"}
+                      "ray.cpus_per_worker", "ray.checkpoints_to_keep", "ray.checkpoint_score_attribute",
+                      "mlflow.system_metrics", "mlflow.system_metrics_interval_s"}
     assert not infrastructure & set(train["params"]), "infrastructure keys must not rerun `train`"
     for entry in identity.TRAINING_CODE:
         assert entry in train["deps"], f"dvc.yaml train stage does not depend on {entry}"
