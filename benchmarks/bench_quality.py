@@ -288,7 +288,7 @@ def main() -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     epochs = args.epochs or params.train.epochs
-    data_dir = subset(args.data_dir, work / "data", args.max_images, args.max_val_images)
+    data_dir = subset(args.data_dir.resolve(), work / "data", args.max_images, args.max_val_images)
     n_train = len(json.loads((data_dir / "train.json").read_text())["images"])
     print(f"data: {data_dir} ({n_train} train images), resize {params.data.resize.min_size}/"
           f"{params.data.resize.max_size}, {params.ray.num_workers} workers x {params.train.batch_size} images; "
