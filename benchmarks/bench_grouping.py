@@ -123,7 +123,7 @@ def main() -> None:
                     continue
                 images, targets = batch
                 start = time.perf_counter()
-                losses = model(images, training_targets(targets, cpu))
+                losses = model(images, training_targets(targets))
                 optimizer.zero_grad(set_to_none=True)
                 sum(losses.values()).backward()
                 optimizer.step()

@@ -76,11 +76,11 @@ def torchvision_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train worker: train torchvision's model with the recipe of the module docstring."""
     import ray.train
     import ray.train.torch
-    from torch.utils.data import DataLoader, DistributedSampler
 
-    from pipeline.data.dataset import CocoDetectionDataset, collate_detection
+    from pipeline.data.dataset import CocoDetectionDataset
     from pipeline.data.transforms import build_transforms
     from pipeline.training import state
+    from pipeline.training.loader import build_train_loader
     from pipeline.training.loop import _quiet_ray_train_logs, training_targets
     from pipeline.training.optim import build_optimizer, build_scheduler, scaled_lr
     from pipeline.training.precise_bn import recompute_bn_stats
@@ -95,10 +95,10 @@ def torchvision_loop_per_worker(config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     dataset = CocoDetectionDataset(data_dir / "train.json", transforms=build_transforms(
         True, resize.min_size, resize.max_size, hflip_prob=train.hflip_prob, color_jitter=train.color_jitter))
-    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=train.seed,
-                                 drop_last=True)
-    loader = DataLoader(dataset, batch_size=train.batch_size, sampler=sampler, collate_fn=collate_detection,
-                        num_workers=train.loader_workers)
+    # the training stage's own loader (shard sampler, aspect-ratio groups, loader workers): the same batches as ours
+    train_loader = build_train_loader(dataset, train, rank=rank, world=world, device=device,
+                                      local_world_size=ctx.get_local_world_size())
+    loader, sampler = train_loader.loader, train_loader.sampler
     if len(loader) == 0:
         raise ValueError(f"{len(dataset)} train images are fewer than {world} workers x {train.batch_size}")
     torch.manual_seed(train.seed)
@@ -113,7 +113,8 @@ def torchvision_loop_per_worker(config: dict[str, Any]) -> None:
         model.train()
         start, seen, loss_sum = time.perf_counter(), 0, 0.0
         for images, targets in loader:
-            losses = model([img.to(device) for img in images], training_targets(targets, device))
+            targets = [{k: v.to(device) for k, v in t.items()} for t in training_targets(targets)]
+            losses = model([img.to(device) for img in images], targets)
             total = sum(losses.values())
             optimizer.zero_grad(set_to_none=True)
             total.backward()

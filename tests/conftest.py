@@ -163,6 +163,22 @@ def tiny_params(tmp_path: Path):
     return make
 
 
+def _stop_process_group(proc: subprocess.Popen, log, timeout: float) -> None:
+    """Stop a server started with ``start_new_session=True`` and its children: SIGTERM, SIGKILL after ``timeout``."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    log.close()
+
+
+@pytest.fixture
+def stop_server():
+    """:func:`_stop_process_group` (test modules cannot import conftest reliably)."""
+    return _stop_process_group
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -196,12 +212,7 @@ def mlflow_server(tmp_path_factory):
                 time.sleep(0.5)
         yield uri
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
+        _stop_process_group(proc, log, timeout=15)
 
 
 # Console lines that are not about the user's run: logging-style warnings/errors, Python warnings,

@@ -122,30 +122,37 @@ def _tracking_uri(uri: str) -> Iterator[None]:
     import mlflow
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
-    previous, previous_env = tracking_utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(previous)
-        if previous_env is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = previous_env
+    previous = tracking_utils._tracking_uri
+    with _env_restored("MLFLOW_TRACKING_URI"):
+        mlflow.set_tracking_uri(uri)
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(previous)
 
 
 @contextlib.contextmanager
 def _quiet_mlflow_logging() -> Iterator[None]:
     """No INFO lines ("Validating input example ...") nor artifact progress bars while logging the model."""
     logger = logging.getLogger("mlflow")
-    level, bar = logger.level, os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
-    logger.setLevel(logging.WARNING)
-    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    level = logger.level
+    with _env_restored("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"):
+        logger.setLevel(logging.WARNING)
+        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+        try:
+            yield
+        finally:
+            logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def _env_restored(name: str) -> Iterator[None]:
+    """Whatever the block does to environment variable ``name``, it is as before (set or unset) afterwards."""
+    before = os.environ.get(name)
     try:
         yield
     finally:
-        logger.setLevel(level)
-        if bar is None:
-            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        if before is None:
+            os.environ.pop(name, None)
         else:
-            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = bar
+            os.environ[name] = before

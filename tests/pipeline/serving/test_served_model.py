@@ -12,7 +12,6 @@ import io
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -91,7 +90,8 @@ def _post(url: str, body: dict) -> tuple[int, dict]:
         return err.code, json.loads(err.read())
 
 
-def test_registry_serving_and_pyfunc_give_the_checkpoints_detections(tmp_path, tmp_path_factory, monkeypatch):
+def test_registry_serving_and_pyfunc_give_the_checkpoints_detections(tmp_path, tmp_path_factory, monkeypatch,
+                                                                     stop_server):
     import mlflow.pyfunc
     import pandas as pd
     from mlflow.tracking import MlflowClient
@@ -203,9 +203,4 @@ def test_registry_serving_and_pyfunc_give_the_checkpoints_detections(tmp_path, t
                                                                                    ["bm90IGFuIGltYWdl"]]}})
         assert status == 400 and "row 1 of column 'image' is not an encoded image" in answer["message"]
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-        log.close()
+        stop_server(server, log, timeout=30)
