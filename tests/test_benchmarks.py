@@ -1,7 +1,8 @@
 """The benchmark scripts still run against the current code (tiny sizes; their figures are not checked here).
 
 Benchmarks are run by hand, so an API change they do not follow goes unnoticed until somebody needs
-the figure; these runs catch that.
+the figure; these runs catch that. The Ray-based ones are marked ``bench`` (not in ``make test``,
+which must stay under 10 minutes): run them with ``pytest -m bench`` after changing the training code.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def test_bench_grouping_pads_less_when_grouped(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.bench
 def test_bench_quality_both_models_both_modes(tmp_path, tiny_coco, tiny_params_yaml):
     """One epoch each on the tiny set, from a relative DATA_DIR (the workers run in the shipped code's folder)."""
     params = tiny_params_yaml(["ray.num_workers=1", "train.precise_bn_images=4"])
