@@ -36,3 +36,11 @@ def test_prepare_and_evaluate_print_no_warnings(tmp_path, console_noise):
     save_checkpoint(tmp_path / "models" / "model.pt", build_model(config))
     out = _stage(["evaluate"], tmp_path)
     assert "Average Precision" in out and console_noise(out) == [], out
+
+
+def test_console_noise_keeps_ray_errors_and_leaves_out_the_machines_disk_warning(console_noise):
+    disk = ("[2026-12-02 08:38:40,369 E 16872 16883] (raylet) file_system_monitor.cc:116: /tmp/ray/session_x "
+            "is over 95% full, available space: 11.9 GB; capacity: 252.0 GB. Object creation will fail if spilling is required.")
+    ray_error = "[2026-12-02 08:38:40,369 E 16872 16883] core_worker.cc:912: Failed to connect"
+    console = "\n".join([disk, ray_error, "[train] epoch 1/1 done", "UserWarning: x", "warning: data/raw: 2 images skipped"])
+    assert console_noise(console) == [ray_error, "UserWarning: x"]
