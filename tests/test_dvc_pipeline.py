@@ -9,6 +9,10 @@ rewritten source annotation file reruns ``prepare`` only (its output is unchange
 is not redone), that changing an evaluation-only param reruns only `evaluate`, that the console has
 no warning or error lines that are not about the run, that the live DVC metrics (DVCLive's files)
 end at the last epoch, and that `dvc metrics show/diff` and `dvc plots show/diff` work and read well.
+Last, ``dvc exp run --temp train`` after a change to the training code: DVC runs the stage in a copy
+under ``.dvc/tmp/exps/`` that it deletes afterwards, so the default MLflow store (``mlflow.db``,
+``mlruns/``) and ``ray_results/`` must land in the repository itself (``DVC_ROOT``), and the
+finished run with the same params must not be reused or resumed (its code differs): a new run trains.
 """
 
 from __future__ import annotations
@@ -54,12 +58,22 @@ def _env(cwd: Path) -> dict:
     env = dict(os.environ)
     env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
     env.update(DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true", RAY_TRAIN_ENABLE_PRINT_PATCH="0")
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("RAY_ADDRESS", None)
+    for name in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "DVC_ROOT"):
+        env.pop(name, None)
     return env
 
 
+def _runs(repo: Path) -> list:
+    """The MLflow runs of the default store in ``repo``, oldest first."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(yaml.safe_load((repo / "params.yaml").read_text())["mlflow"]["experiment_name"])
+    return client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+
+
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_dvc_repro_end_to_end(repo_copy: Path, console_noise):
     env = _env(repo_copy)
     dvc = str(BIN / "dvc")
@@ -138,3 +152,21 @@ def test_dvc_repro_end_to_end(repo_copy: Path, console_noise):
     assert spec["encoding"]["strokeDash"]["field"] == "field"
     assert {row["field"] for row in spec["data"]["values"]} == {"loss", "loss_box", "loss_cls", "loss_rpn_box",
                                                                 "loss_rpn_obj"}
+
+    # --- a code change (a comment in the training loop), run as a temporary DVC experiment
+    (run,) = _runs(repo_copy)
+    loop = repo_copy / "pipeline" / "training" / "loop.py"
+    loop.write_text(loop.read_text() + "\n# a change to the training code\n")
+    out = _run([dvc, "exp", "run", "--temp", "train"], repo_copy, env)
+    assert "Running stage 'train'" in out, out
+    assert "reusing finished run" not in out and "resuming from the checkpoint" not in out, out
+    assert not list((repo_copy / ".dvc" / "tmp" / "exps").glob("tmp*"))  # the temporary copy is gone
+    old, new = _runs(repo_copy)  # ... and its tracking and Ray run are in the repository
+    assert old.info.run_id == run.info.run_id and new.info.status == "FINISHED" and new.data.tags.get("dvc_exp_name")
+    assert Path(new.data.tags["detpipe.ray_run"]).parent == repo_copy / "ray_results"
+    assert (repo_copy / "ray_results" / new.data.tags["ray_run_name"] / "detpipe_run.json").is_file()
+    assert new.info.artifact_uri.startswith((repo_copy / "mlruns").as_uri())
+    assert new.data.tags["code_fingerprint"] != old.data.tags["code_fingerprint"]
+    assert new.data.tags["ray_run_name"] != old.data.tags["ray_run_name"]
+    assert new.data.tags["params_hash"] == old.data.tags["params_hash"]
+    assert new.data.metrics["epoch/loss"] > 0  # epoch 1 trained and tracked from the driver
