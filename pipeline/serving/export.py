@@ -14,13 +14,13 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import tempfile
 from collections.abc import Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from pipeline.environ import env_restored
 from pipeline.serving.config import CHECKPOINT_ARTIFACT, ServingConfig
 from pipeline.serving.registry import register_version
 
@@ -123,7 +123,7 @@ def _tracking_uri(uri: str) -> Iterator[None]:
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
     previous = tracking_utils._tracking_uri
-    with _env_restored("MLFLOW_TRACKING_URI"):
+    with env_restored("MLFLOW_TRACKING_URI"):
         mlflow.set_tracking_uri(uri)
         try:
             yield
@@ -136,23 +136,10 @@ def _quiet_mlflow_logging() -> Iterator[None]:
     """No INFO lines ("Validating input example ...") nor artifact progress bars while logging the model."""
     logger = logging.getLogger("mlflow")
     level = logger.level
-    with _env_restored("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"):
+    with env_restored(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"):
         logger.setLevel(logging.WARNING)
-        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
         try:
             yield
         finally:
             logger.setLevel(level)
 
-
-@contextlib.contextmanager
-def _env_restored(name: str) -> Iterator[None]:
-    """Whatever the block does to environment variable ``name``, it is as before (set or unset) afterwards."""
-    before = os.environ.get(name)
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = before

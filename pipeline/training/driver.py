@@ -20,7 +20,6 @@ the run; the other nodes' samples arrive with the reports.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import tempfile
@@ -37,6 +36,7 @@ from pipeline.training.identity import RunIdentity, result_params, run_identity
 from pipeline.training.loop import NonFiniteLossError
 from pipeline.training.preflight import PreflightError, preflight
 from pipeline.training.storage import resolve_storage_path
+from pipeline.training.system_metrics import SystemMetricsSettings, run_monitor, this_node
 
 __all__ = ["RUN_RECORD", "PreflightError", "TrainResult", "TrainingError", "default_run_name", "ensure_ray", "fit",
            "preflight", "resolve_storage_path"]
@@ -151,8 +151,6 @@ def fit(params: Params, *, run_name: str, storage_path: str, callbacks: Sequence
     system = None  # what the workers sample (pipeline.training.system_metrics)
     driver_node = None  # the driver's node, when the driver samples it into the run
     if params.mlflow.system_metrics:
-        from pipeline.training.system_metrics import SystemMetricsSettings, this_node
-
         if track:
             try:  # with tracking, the driver samples its own node into the run; its workers need not
                 driver_node = this_node()[1]
@@ -193,7 +191,7 @@ def fit(params: Params, *, run_name: str, storage_path: str, callbacks: Sequence
     )
     start = time.perf_counter()
     try:
-        with _driver_monitor(mlflow_run if driver_node else None, params, log):
+        with run_monitor(mlflow_run if driver_node else None, params.mlflow.system_metrics_interval_s, log):
             result = trainer.fit()
     except Exception as err:
         if mlflow_run:
@@ -236,16 +234,6 @@ def fit(params: Params, *, run_name: str, storage_path: str, callbacks: Sequence
         mlflow_run=dict(mlflow_run) if mlflow_run else None, model_uri=model_uri,
         reports={k: str(v) for k, v in written.items()}, identity=identity.to_dict(),
     )
-
-
-def _driver_monitor(run: dict[str, str] | None, params: Params, log: Callable[[str], None]
-                    ) -> contextlib.AbstractContextManager[Any]:
-    """System metrics of the driver's node into ``run`` while training (nothing without a run)."""
-    if run is None:
-        return contextlib.nullcontext()
-    from pipeline.training.system_metrics import driver_monitor
-
-    return driver_monitor(run["run_id"], run["tracking_uri"], params.mlflow.system_metrics_interval_s, log=log)
 
 
 def _check_continuable(run_name: str, record: dict[str, Any], changed: list[str], params: Params) -> None:

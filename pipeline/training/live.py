@@ -38,6 +38,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from pipeline.environ import env_restored
+
 __all__ = ["LIVE_DIR", "DvcLiveMetrics", "dvc_env"]
 
 LIVE_DIR = Path("dvclive")                 # in the stage's folder; declared in dvc.yaml's train stage
@@ -136,21 +138,15 @@ class DvcLiveMetrics:
         """DVCLive reads the repository from the working directory and DVC's state from the
         environment: the stage's, for the duration of a DVCLive call."""
         previous_cwd = os.getcwd()
-        previous_env = {k: os.environ.get(k) for k in self.env}
         inside = self.env.get("DVC_ROOT") or _dvc_root(self.stage_dir)
         with contextlib.ExitStack() as stack:
             cwd = str(self.stage_dir) if inside else stack.enter_context(tempfile.TemporaryDirectory())
-            os.environ.update(self.env)
+            stack.enter_context(env_restored(**self.env))
             os.chdir(cwd)
             try:
                 yield
             finally:
                 os.chdir(previous_cwd)
-                for key, value in previous_env.items():
-                    if value is None:
-                        os.environ.pop(key, None)
-                    else:
-                        os.environ[key] = value
 
 
 def _dvc_root(folder: Path) -> Path | None:

@@ -27,12 +27,12 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["PREFIX", "NodeSampler", "SampleSteps", "SystemMetricsSettings", "driver_monitor", "node_name",
-           "this_node", "worker_sampler"]
+           "run_monitor", "this_node", "worker_sampler"]
 
 PREFIX = "system/"  # MLflow's namespace of system metrics (the UI's "System metrics" tab)
 NODE_KEY, TIME_KEY = "node", "time"  # the two non-metric fields of a sample: stream name, unix time in ms
@@ -281,3 +281,12 @@ def driver_monitor(run_id: str, tracking_uri: str, interval_s: float,
         yield node_id
     finally:
         sampler.stop(final_sample=True)
+
+
+def run_monitor(run: Mapping[str, str] | None, interval_s: float, log: Callable[[str], None] | None = None
+                ) -> contextlib.AbstractContextManager[str | None]:
+    """:func:`driver_monitor` into ``run`` (``{"run_id", "tracking_uri", ...}``, as the training and
+    sweep drivers hold their MLflow runs); nothing (yielding None) when ``run`` is None."""
+    if run is None:
+        return contextlib.nullcontext()
+    return driver_monitor(run["run_id"], run["tracking_uri"], interval_s, log=log)

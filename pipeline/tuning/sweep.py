@@ -13,14 +13,16 @@ results, nothing is trained or logged.
 
 from __future__ import annotations
 
-import os
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.environ import env_restored
 from pipeline.params import Params, params_from_dict
 from pipeline.training import storage
 from pipeline.training.identity import SWEEP_CODE, RunIdentity, run_identity
+from pipeline.training.system_metrics import run_monitor
 from pipeline.tuning import results as res
 from pipeline.tuning.space import (
     Dimension,
@@ -180,7 +182,7 @@ def run_sweep(params: Params, *, data_dir: str | Path = "data/prepared", out_dir
             tuner = _new_tuner(params, dims, trainable, tune_storage, sweep_id, tracker)
             storage.write_json(state_path, {"parent_run_id": parent["run_id"], "tracking_uri": tracking_uri,
                                             "sweep_id": sweep_id, "trials": total, "identity": identity.to_dict()})
-        with _lenient_metric_check(), _driver_monitor(parent, params, log):
+        with _lenient_metric_check(), run_monitor(parent if params.mlflow.system_metrics else None, params.mlflow.system_metrics_interval_s, log):
             grid = tuner.fit()
         done = _trials_done(experiment_path)
         if done < total:
@@ -222,18 +224,6 @@ def _new_tuner(params: Params, dims: list[Dimension], trainable: Any, tune_stora
         run_config=tune.RunConfig(name=sweep_id, storage_path=tune_storage, verbose=1,
                                   callbacks=[InterruptAfter(), tracker]),
     )
-
-
-def _driver_monitor(parent: dict[str, str], params: Params, log: Any) -> Any:
-    """System metrics of the sweep driver's node into the parent run while the trials run (the
-    trials' runs get their workers' nodes)."""
-    import contextlib
-
-    if not params.mlflow.system_metrics:
-        return contextlib.nullcontext()
-    from pipeline.training.system_metrics import driver_monitor
-
-    return driver_monitor(parent["run_id"], parent["tracking_uri"], params.mlflow.system_metrics_interval_s, log=log)
 
 
 def _trials_done(experiment_path: str) -> int:
@@ -337,16 +327,7 @@ def _record(result: Any, epochs: int, dims: list[Dimension], search: str) -> res
     return record
 
 
-class _lenient_metric_check:
+def _lenient_metric_check() -> contextlib.AbstractContextManager[None]:
     """The epoch-0 report (anchor fit, no AP yet) lacks ``tune.metric``; Tune would reject it.
     The trial checks instead that training reported the metric."""
-
-    def __enter__(self) -> None:
-        self.previous = os.environ.get("TUNE_DISABLE_STRICT_METRIC_CHECKING")
-        os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.previous is None:
-            os.environ.pop("TUNE_DISABLE_STRICT_METRIC_CHECKING", None)
-        else:
-            os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = self.previous
+    return env_restored(TUNE_DISABLE_STRICT_METRIC_CHECKING="1")
