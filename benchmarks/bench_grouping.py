@@ -84,7 +84,7 @@ def main() -> None:
     from pipeline.data.transforms import build_transforms
     from pipeline.params import TrainParams
     from pipeline.training.loader import build_train_loader
-    from pipeline.training.loop import training_targets
+    from pipeline.training.losses import training_targets
 
     torch.set_num_threads(args.threads)
     with open("/proc/loadavg") as f:

@@ -148,7 +148,7 @@ def train_torchvision(params: Any, data_dir: Path, storage: Path, name: str) -> 
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from pipeline.training import driver
+    from pipeline import driver
 
     rp = params.ray
     trainer = TorchTrainer(
@@ -170,7 +170,7 @@ def train_torchvision(params: Any, data_dir: Path, storage: Path, name: str) -> 
 
 def train_ours(params: Any, data_dir: Path, storage: Path, name: str) -> tuple[nn.Module, dict[str, Any]]:
     """Train our detector through the pipeline's training driver; returns the model and a summary."""
-    from pipeline.training import fit
+    from pipeline.driver import fit
 
     result = fit(params, run_name=name, storage_path=str(storage), data_dir=data_dir, root=REPO)
     return result.model.eval(), _summary(result.history, result.model)
@@ -264,8 +264,8 @@ def main() -> int:
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    from pipeline import driver
     from pipeline.params import ParamsError, load_params, params_from_dict, set_dotted
-    from pipeline.training import driver
 
     for split in ("train.json", "val.json"):
         if not (args.data_dir / split).is_file():

@@ -1,19 +1,19 @@
 """What the driver-side sinks of the epoch reports cost, and what a system-metrics sample costs.
 
 Every epoch report is handled in Ray Train's controller, one sink after the other, while the
-controller's loop waits (:mod:`pipeline.training.progress`); the workers' next report waits for it
+controller's loop waits (:mod:`pipeline.tracking.progress`); the workers' next report waits for it
 at the latest. This measures, in one process, for ``--epochs`` epoch reports shaped like the
 training loop's (``--rows`` progress rows, the epoch's loss terms, lr, throughput, AP every epoch,
 one system-metrics sample of two nodes):
 
-- ``mlflow``: :class:`~pipeline.training.progress.MlflowMetrics` into a sqlite store (the peer:
+- ``mlflow``: :class:`~pipeline.tracking.progress.MlflowMetrics` into a sqlite store (the peer:
   what every training already paid before the live DVC metrics),
-- ``dvclive``: :class:`~pipeline.training.live.DvcLiveMetrics` in a DVC repository (DVCLive's
+- ``dvclive``: :class:`~pipeline.tracking.live.DvcLiveMetrics` in a DVC repository (DVCLive's
   files for ``dvc exp show``), and its rewrite of the whole history (a resumed or restarted run),
 
 the first report (clients made, DVCLive's ``Live`` set up; imports done beforehand, as the
 controller's warm-up does) and the median of the others; and the median time of one
-:class:`~pipeline.training.system_metrics.NodeSampler` sample against its default 10 s interval.
+:class:`~pipeline.tracking.system_metrics.NodeSampler` sample against its default 10 s interval.
 
 Usage::
 
@@ -34,8 +34,8 @@ from pathlib import Path
 
 
 def report(epoch: int, rows: int, history: list | None = None):
-    from pipeline.training import progress
-    from pipeline.training.system_metrics import NODE_KEY, TIME_KEY
+    from pipeline.tracking import progress
+    from pipeline.tracking.system_metrics import NODE_KEY, TIME_KEY
 
     row = {"epoch": epoch, "loss": 2.0 / epoch, "loss_box": 0.5 / epoch, "loss_cls": 1.0 / epoch,
            "loss_rpn_box": 0.1 / epoch, "loss_rpn_obj": 0.4 / epoch, "lr": 1e-3, "images_per_s": 20.0,
@@ -73,9 +73,9 @@ def main() -> None:
     from dvc.repo import Repo
     from mlflow.tracking import MlflowClient
 
-    from pipeline.training.live import DvcLiveMetrics
-    from pipeline.training.progress import MlflowMetrics
-    from pipeline.training.system_metrics import NodeSampler
+    from pipeline.tracking.live import DvcLiveMetrics
+    from pipeline.tracking.progress import MlflowMetrics
+    from pipeline.tracking.system_metrics import NodeSampler
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -70,7 +70,7 @@ def main() -> None:
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from pipeline.training.cluster import ensure_ray
+    from pipeline.driver.cluster import ensure_ray
 
     ensure_ray(None)
     with tempfile.TemporaryDirectory() as storage:

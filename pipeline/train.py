@@ -9,10 +9,10 @@ Ray Train (:func:`pipeline.training.fit`) and writes:
 - ``reports/train.json`` (the summary), ``reports/train_metrics.json`` (the DVC metric: ``images_per_s``
   and ``train_time_s``), ``reports/train_curve.csv`` (DVC plot), ``reports/loss_curve.png``,
 - ``dvclive/``: DVCLive's live metrics and plots, rewritten after every epoch while training runs
-  (:mod:`pipeline.training.live`: ``dvc exp show`` shows a running experiment's progress).
+  (:mod:`pipeline.tracking.live`: ``dvc exp show`` shows a running experiment's progress).
 
 The run is named from everything the model depends on (params, data, code, torch/torchvision;
-:mod:`pipeline.training.identity`): rerunning with identical inputs resumes an interrupted run,
+:mod:`pipeline.driver.identity`): rerunning with identical inputs resumes an interrupted run,
 or reuses a finished one (nothing trained, no new model version); any change trains afresh.
 Under ``dvc exp run --temp/--queue`` the default ``ray_results/``, ``mlflow.db`` and ``mlruns/``
 are in the DVC repository (``DVC_ROOT``), not in the temporary copy DVC deletes.
@@ -50,11 +50,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(params: Params, args: argparse.Namespace) -> int:
     import ray
 
-    from pipeline.training import driver
-    from pipeline.training.identity import result_params, run_identity
-    from pipeline.training.live import LIVE_DIR, DvcLiveMetrics
-    from pipeline.training.loop import NonFiniteLossError
-    from pipeline.training.storage import state_root
+    from pipeline import driver
+    from pipeline.driver.identity import result_params, run_identity
+    from pipeline.driver.storage import state_root
+    from pipeline.tracking.live import LIVE_DIR, DvcLiveMetrics
+    from pipeline.training.losses import NonFiniteLossError
 
     root = state_root()
     data_dir = Path(getattr(args, "data_dir", "data/prepared"))

@@ -59,7 +59,7 @@ def run(params: Params, args: argparse.Namespace) -> int:
             print(f"tune.space OK: {len(dims)} key(s), {num_trials(params, dims)} trial(s) ({how}); "
                   f"experiment {experiment_name(params, data_dir)}")
             return 0
-        from pipeline.training import PreflightError, TrainingError
+        from pipeline.driver import PreflightError, TrainingError
         from pipeline.tuning.sweep import run_sweep
 
         try:

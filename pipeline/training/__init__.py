@@ -1,13 +1,12 @@
-"""Distributed training with Ray Train (DDP) tracked in MLflow, in three layers.
+"""Worker side of a training run: what every DDP rank runs (layer 1 of 3).
 
-- ``loop.train_loop_per_worker``: what every DDP rank runs (data shard, optimiser, checkpoints).
-- ``driver.fit``: run identity (``identity``), preflight checks (``preflight``), the
-  ``TorchTrainer`` with the project shipped to the nodes (``cluster``), driver-side tracking of
-  the workers' reports (``progress``, ``tracking``), the final model.
-- ``pipeline/train.py`` (the ``train`` stage) and the Tune sweep call ``fit``.
+- ``engine.Trainer``: the training engine (``run_step``, ``train``, ``state_dict``) with hooks;
+- ``hooks``: step logging, epoch metrics, precise batch norm, validation, the report and
+  checkpoint to Ray Train;
+- ``worker.train_loop_per_worker``: what Ray Train runs: builds the parts and registers hooks;
+- ``loader``, ``optim``, ``losses``, ``state``: the data loader, the optimiser and schedule,
+  the loss checks, the checkpointed state.
+
+Nothing here imports the driver side (:mod:`pipeline.driver`) or tracking
+(:mod:`pipeline.tracking`): the files the workers import are the code a run's identity hashes.
 """
-
-from pipeline.training.driver import PreflightError, TrainingError, TrainResult, default_run_name, fit
-from pipeline.training.loop import NonFiniteLossError
-
-__all__ = ["NonFiniteLossError", "PreflightError", "TrainResult", "TrainingError", "default_run_name", "fit"]

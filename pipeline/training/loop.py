@@ -11,9 +11,9 @@ the ranks' RNGs are reseeded from ``(seed, epoch, rank)`` at every epoch start, 
 epoch replaces its row in the history.
 
 Workers never touch the tracking store: rank 0's epoch report carries the epoch's metrics and
-the progress rows it printed every ``train.log_every`` steps (:mod:`pipeline.training.progress`),
+the progress rows it printed every ``train.log_every`` steps (:mod:`pipeline.tracking.progress`),
 the local rank 0 of each node the driver does not sample adds the node's system-metric samples
-(:mod:`pipeline.training.system_metrics`), and the driver logs them. One report per epoch keeps
+(:mod:`pipeline.tracking.system_metrics`), and the driver logs them. One report per epoch keeps
 the cost at one barrier per epoch.
 
 Elastic runs: the world size may differ after a restart (``ray.num_workers: [min, max]``). The
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import sys
 import tempfile
@@ -36,51 +35,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from pipeline.params import Params
 from pipeline.training import state as train_state
 from pipeline.training.optim import build_optimizer, build_scheduler, resume_schedule, scaled_lr
 from pipeline.training.precise_bn import recompute_bn_stats
 
-__all__ = ["NonFiniteLossError", "check_finite", "train_loop_per_worker", "training_targets"]
+__all__ = ["train_loop_per_worker"]
 
-
-class NonFiniteLossError(FloatingPointError):
-    """A loss became NaN or infinite; the message names the epoch, step and loss terms."""
-
-
-def check_finite(losses: dict[str, float], *, epoch: int, step: int, global_step: int,
-                 total: float | None = None) -> None:
-    """Raise :class:`NonFiniteLossError` if any loss term or the total (default: their sum) is not finite."""
-    total = sum(losses.values()) if total is None else total
-    if all(math.isfinite(v) for v in losses.values()) and math.isfinite(total):
-        return
-    terms = ", ".join(f"{k}={v:.4g}" for k, v in losses.items())
-    raise NonFiniteLossError(
-        f"non-finite loss at epoch {epoch + 1}, step {step + 1} (global step {global_step + 1}): "
-        f"total={total:.4g} ({terms}); lower train.lr, enable train.grad_clip_norm or check the data"
-    )
-
-
-def training_targets(targets: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
-    """Boxes and labels the model trains on: crowd regions (``iscrowd=1``) removed.
-
-    They stay on the host: the model checks them there and copies the padded batch to its
-    device once (no device-to-host sync for the checks).
-    """
-    out = []
-    for t in targets:
-        keep = t["iscrowd"] == 0 if "iscrowd" in t else torch.ones(len(t["boxes"]), dtype=torch.bool)
-        out.append({"boxes": t["boxes"][keep].to(torch.float32), "labels": t["labels"][keep].to(torch.int64)})
-    return out
+from pipeline.training.losses import NonFiniteLossError, check_finite, training_targets  # noqa: E402
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     """Train on this rank; returns (on every rank) the status and the per-epoch history.
 
     ``config`` keys: ``params`` (:class:`Params`), ``data_dir`` (absolute), ``system_metrics``
-    (a :class:`~pipeline.training.system_metrics.SystemMetricsSettings`, or None: no sampling),
+    (a :class:`~pipeline.tracking.system_metrics.SystemMetricsSettings`, or None: no sampling),
     ``debug`` (test hooks: ``record_dir``, ``fault_at_step``, ``fault_marker``, ``hang_at_step``,
     ``nonfinite_at_step``).
     """
@@ -90,7 +61,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     from detector import build_model
     from pipeline.data.dataset import CocoDetectionDataset
     from pipeline.data.transforms import build_transforms
-    from pipeline.training import progress, system_metrics
+    from pipeline.tracking import progress, system_metrics  # noqa
     from pipeline.training.loader import build_train_loader
 
     _quiet_ray_train_logs()

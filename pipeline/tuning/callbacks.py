@@ -9,7 +9,7 @@ from typing import Any
 from ray.tune import Callback
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from pipeline.training.progress import merge_system
+from pipeline.tracking.progress import merge_system
 
 
 class TrialReport(TuneReportCallback):

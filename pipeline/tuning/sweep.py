@@ -3,7 +3,7 @@
 :func:`run_sweep` validates the space (before Ray starts), names the experiment from a hash
 of everything the trials depend on (``<ray.storage_path>/tune/sweep-<hash>``: params, search
 space, data, the code of training and sweep, torch/torchvision; see
-:mod:`pipeline.training.identity`), restores it with ``Tuner.restore`` when an interrupted
+:mod:`pipeline.driver.identity`), restores it with ``Tuner.restore`` when an interrupted
 one is there (searcher and ASHA state included), runs the trials
 (:func:`pipeline.tuning.trial.run_trial`) and, once every trial is done, writes
 ``trials.csv``, ``best_params.yaml`` and the plot, and closes the MLflow runs. A finished
@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.driver import storage
+from pipeline.driver.identity import SWEEP_CODE, RunIdentity, run_identity
 from pipeline.environ import env_restored
 from pipeline.params import Params, params_from_dict
-from pipeline.training import storage
-from pipeline.training.identity import SWEEP_CODE, RunIdentity, run_identity
-from pipeline.training.system_metrics import run_monitor
+from pipeline.tracking.system_metrics import run_monitor
 from pipeline.tuning import results as res
 from pipeline.tuning.space import (
     Dimension,
@@ -83,7 +83,7 @@ def trial_base(params: Params) -> dict[str, Any]:
 
 def sweep_identity(params: Params, data_dir: str | Path) -> RunIdentity:
     """What the sweep's results depend on: the trials' params, the sweep settings, the data and
-    the code (:data:`pipeline.training.identity.SWEEP_CODE`) and torch/torchvision.
+    the code (:data:`pipeline.driver.identity.SWEEP_CODE`) and torch/torchvision.
 
     ``max_concurrent_trials`` and where things are stored or tracked are left out: they do not
     change the results.
@@ -111,7 +111,7 @@ def run_sweep(params: Params, *, data_dir: str | Path = "data/prepared", out_dir
     """Run (or resume, or reuse) the sweep of ``params.tune`` and write its outputs into ``out_dir``.
 
     ``root``: the state root for the default storage path and tracking store (default:
-    :func:`pipeline.training.storage.state_root`).
+    :func:`pipeline.driver.storage.state_root`).
 
     Raises:
         ParamsError: the search space is invalid (before Ray starts).
@@ -127,9 +127,9 @@ def run_sweep(params: Params, *, data_dir: str | Path = "data/prepared", out_dir
 
     from ray import tune
 
-    from pipeline.training import driver
-    from pipeline.training import tracking as train_tracking
-    from pipeline.tuning import tracking
+    from pipeline import driver
+    from pipeline.tracking import mlflow_runs as train_tracking
+    from pipeline.tracking import trials as tracking
 
     t = params.tune
     identity = sweep_identity(params, data_dir)
@@ -258,7 +258,7 @@ def _records(params: Params, dims: list[Dimension], grid: Any) -> tuple[list[res
 def _reuse(params: Params, dims: list[Dimension], grid: Any, state: dict[str, Any], out_dir: Path, sweep_id: str,
            experiment_path: str) -> SweepOutcome:
     """The outputs of a finished sweep, written again from its stored results (MLflow is only read)."""
-    from pipeline.tuning import tracking
+    from pipeline.tracking import trials as tracking
 
     records, best = _records(params, dims, grid)
     parent_run_id = state.get("parent_run_id")
@@ -294,7 +294,7 @@ def _write_outputs(params: Params, dims: list[Dimension], records: list[res.Tria
 
 def _finish(params: Params, dims: list[Dimension], grid: Any, parent: dict[str, str], out_dir: Path,
             sweep_id: str, experiment_path: str, resumed: bool) -> SweepOutcome:
-    from pipeline.tuning import tracking
+    from pipeline.tracking import trials as tracking
 
     records, best = _records(params, dims, grid)
     tracking.close_child_runs(parent["tracking_uri"], parent["run_id"], records, best)

@@ -6,7 +6,7 @@ at epoch 0 (free: no training needed), then calls :func:`pipeline.training.fit`,
 ``TuneReportCallback`` (:class:`pipeline.tuning.callbacks.TrialReport`) forwards rank 0's
 per-epoch metrics (``epoch``, ``AP50``, ``AP``, the progress rows) and every node's system-metric
 samples to Tune, where ASHA may stop the trial and the sweep's driver tracks them
-(:class:`pipeline.tuning.tracking.TrialTracker`): a trial never touches the tracking store,
+(:class:`pipeline.tracking.trials.TrialTracker`): a trial never touches the tracking store,
 so it may run on any node. The trial itself reserves (almost) no resources; its DDP workers
 reserve theirs.
 """
@@ -71,7 +71,7 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     """The Tune trainable: anchor fit at epoch 0, then one training run through the driver."""
     from ray import tune
 
-    from pipeline.training import fit
+    from pipeline.driver import fit
     from pipeline.tuning.callbacks import TrialReport
 
     trial_id = tune.get_context().get_trial_id()

@@ -50,7 +50,7 @@ def local_ray():
     """One local Ray for the test (2 CPUs); the stage then leaves it running."""
     import ray
 
-    from pipeline.training.driver import ensure_ray
+    from pipeline.driver.runner import ensure_ray
 
     if ray.is_initialized():
         ray.shutdown()
@@ -182,7 +182,7 @@ def test_stage_resume_fault_tolerance_and_mlflow(tmp_path, tiny_coco, tiny_param
     # continued by the resumed run
     import ray
 
-    from pipeline.training.system_metrics import node_name
+    from pipeline.tracking.system_metrics import node_name
 
     streams = _system_streams(client, run.info.run_id)
     node = node_name(ray.util.get_node_ip_address(), ray.get_runtime_context().get_node_id())
@@ -230,9 +230,9 @@ def test_cluster_preflight_elastic_training_tracking_and_non_finite_loss(tmp_pat
     from mlflow.tracking import MlflowClient
     from ray.cluster_utils import Cluster
 
-    from pipeline.training import NonFiniteLossError, PreflightError, fit
-    from pipeline.training.driver import ensure_ray
-    from pipeline.training.preflight import HIDE_PATHS_ENV
+    from pipeline.driver import NonFiniteLossError, PreflightError, fit
+    from pipeline.driver.preflight import HIDE_PATHS_ENV
+    from pipeline.driver.runner import ensure_ray
 
     if ray.is_initialized():
         ray.shutdown()

@@ -171,7 +171,7 @@ def test_tiny_sweep_interrupted_then_resumed(tmp_path, tiny_coco, params_file, m
     assert all("epoch/AP50" in c.data.metrics and "train/loss" in c.data.metrics for c in children)
     import ray
 
-    from pipeline.training.system_metrics import node_name
+    from pipeline.tracking.system_metrics import node_name
 
     node = node_name(ray.util.get_node_ip_address(), ray.get_runtime_context().get_node_id())  # one machine
     assert all(f"system/{node}/cpu_utilization_percentage" in run.data.metrics for run in [parent, *children])

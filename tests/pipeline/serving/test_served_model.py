@@ -100,7 +100,7 @@ def test_registry_serving_and_pyfunc_give_the_checkpoints_detections(tmp_path, t
     from pipeline.cli import main
     from pipeline.serving.config import ServingConfig
     from pipeline.serving.registry import register_version
-    from pipeline.training import tracking
+    from pipeline.tracking import mlflow_runs as tracking
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -1,4 +1,4 @@
-"""Run identity (pipeline/training/identity.py), the state root, and dvc.yaml agreeing with both."""
+"""Run identity (pipeline/driver/identity.py), the state root, and dvc.yaml agreeing with both."""
 
 import sys
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.training import identity, storage
+from pipeline.driver import identity, storage
 
 REPO = Path(__file__).resolve().parents[3]
 

@@ -56,7 +56,7 @@ def code_fingerprint(entries: tuple[str, ...] = TRAINING_CODE) -> str:
     """SHA-256 over the relative paths and contents of the ``*.py`` files under ``entries``.
 
     Each entry is ``<package>[/path]``, located through the imported package, so the
-    fingerprint is of the code that actually runs (and that :mod:`pipeline.training.cluster`
+    fingerprint is of the code that actually runs (and that :mod:`pipeline.driver.cluster`
     ships to the workers).
     """
     h = hashlib.sha256()

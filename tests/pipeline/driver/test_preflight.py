@@ -1,4 +1,4 @@
-"""Preflight decisions without a cluster (pipeline/training/preflight.py): capacity, data on a node, env.
+"""Preflight decisions without a cluster (pipeline/driver/preflight.py): capacity, data on a node, env.
 
 The checks against a real 2-node cluster are in tests/pipeline/test_train.py.
 """
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.training import cluster
-from pipeline.training.preflight import (
+from pipeline.driver import cluster
+from pipeline.driver.preflight import (
     NodeShape,
     PreflightError,
     check_capacity,
@@ -94,7 +94,7 @@ def test_forwarded_environment_is_only_what_a_run_needs(monkeypatch):
     with cluster.staged_code() as code:
         shipped = cluster.runtime_env(code, {"RAY_ADDRESS": "h:6379"})
         files = sorted(p.relative_to(code).as_posix() for p in code.rglob("*") if p.is_file())
-        assert "pipeline/training/cluster.py" in files and "detector/model.py" in files
+        assert "pipeline/driver/cluster.py" in files and "detector/model.py" in files
         assert all(f.endswith(".py") and f.split("/")[0] in ("detector", "pipeline") for f in files)
         assert (code / "pipeline/training/loop.py").read_bytes() == (REPO / "pipeline/training/loop.py").read_bytes()
     assert not code.exists()  # only staged while Ray uploads it

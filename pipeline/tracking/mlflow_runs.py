@@ -2,7 +2,7 @@
 
 One MLflow run per training. The driver creates it (or finds it again when a Ray run is
 resumed, through the ``detpipe.ray_run`` tag); the per-epoch and per-step metrics reach it
-from the driver's side (:mod:`pipeline.training.progress`: a Ray Train callback in the Train
+from the driver's side (:mod:`pipeline.tracking.progress`: a Ray Train callback in the Train
 controller, on the driver's node), never from the workers, so a local ``sqlite:///`` store
 works on a multi-node cluster. No ``mlflow.set_experiment``: it exports
 ``MLFLOW_EXPERIMENT_ID``, which Ray's MLflow integration would then prefer.
@@ -32,7 +32,7 @@ class MlflowRun(dict):
 def resolve_tracking_uri(configured: str | None, root: Path) -> str:
     """``mlflow.tracking_uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///<root>/mlflow.db``.
 
-    ``root`` is the state root (:func:`pipeline.training.storage.state_root`: the DVC repository
+    ``root`` is the state root (:func:`pipeline.driver.storage.state_root`: the DVC repository
     under ``dvc exp run --temp/--queue``, not its temporary copy).
     """
     uri = configured or os.environ.get("MLFLOW_TRACKING_URI")

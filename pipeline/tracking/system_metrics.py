@@ -12,7 +12,7 @@ monitor does, continued when a run is resumed). The same :class:`NodeSampler` sa
   (:func:`driver_monitor`);
 - **every other node that runs a worker**: in the node's local rank 0 (:func:`worker_sampler`;
   Ray Train numbers local ranks per IP address, so one sampler per machine even where several
-  Ray nodes share one); the samples ride on that worker's epoch report (:mod:`pipeline.training.progress`) and the
+  Ray nodes share one); the samples ride on that worker's epoch report (:mod:`pipeline.tracking.progress`) and the
   driver's side logs them (:func:`to_metrics`), so a long epoch carries many samples and the
   workers never touch the tracking store.
 

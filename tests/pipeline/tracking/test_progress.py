@@ -1,8 +1,8 @@
-"""Progress from the workers to the driver (pipeline/training/progress.py): report format, sinks, MLflow."""
+"""Progress from the workers to the driver (pipeline/tracking/progress.py): report format, sinks, MLflow."""
 
 import pytest
 
-from pipeline.training import progress
+from pipeline.tracking import progress
 
 ROW = {"epoch": 2, "loss": 0.5, "loss_cls": 0.3, "lr": 1e-3, "images_per_s": 4.0, "epoch_time_s": 2.0,
        "global_step": 8, "world_size": 2, "AP50": 0.25, "note": "text"}

@@ -18,7 +18,7 @@ DVCLive runs with ``dvcyaml=False`` and ``save_dvc_exp=False``: the repository's
 declares these files as the ``train`` stage's metrics and plots (DVCLive writing its own
 ``dvc.yaml`` would rewrite the pipeline's), and DVC itself records the experiment.
 
-:class:`DvcLiveMetrics` is a sink of the epoch reports (:mod:`pipeline.training.progress`): it
+:class:`DvcLiveMetrics` is a sink of the epoch reports (:mod:`pipeline.tracking.progress`): it
 runs in Ray Train's controller, on the driver's node, whose working directory is Ray's copy of
 the code and whose environment lacks DVC's variables. So it writes to an absolute path and gives
 DVCLive the stage's folder as working directory and the stage's ``DVC_*`` variables (or, outside

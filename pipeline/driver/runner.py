@@ -5,16 +5,16 @@ builds and runs the ``TorchTrainer`` around it; the ``train`` stage (``pipeline/
 and the Tune sweep (layer 3, one :func:`fit` per trial) call :func:`fit`.
 
 Identity and resuming: the stage names its run ``train-<digest>`` from everything the result
-depends on (:mod:`pipeline.training.identity`: params, data, code, torch/torchvision). Ray
+depends on (:mod:`pipeline.driver.identity`: params, data, code, torch/torchvision). Ray
 Train V2 resumes a run when ``fit`` is called again with the same ``RunConfig(name,
 storage_path)``, so an interrupted run with identical inputs resumes, and any change (a code
 edit included) starts a new run. Each run folder holds a record (:data:`RUN_RECORD`) of its
 identity and status; a *finished* run with identical inputs is reused as it is ("reusing
 finished run X": nothing is trained, logged or registered again).
 
-Tracking happens on the driver's side only (:mod:`pipeline.training.progress`): workers report,
+Tracking happens on the driver's side only (:mod:`pipeline.tracking.progress`): workers report,
 a Ray Train callback in the controller logs to MLflow, so no worker needs the tracking store.
-System metrics (:mod:`pipeline.training.system_metrics`): the driver samples its own node into
+System metrics (:mod:`pipeline.tracking.system_metrics`): the driver samples its own node into
 the run; the other nodes' samples arrive with the reports.
 """
 
@@ -29,14 +29,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.driver import storage
+from pipeline.driver.cluster import ensure_ray
+from pipeline.driver.identity import RunIdentity, result_params, run_identity
+from pipeline.driver.preflight import PreflightError, preflight
+from pipeline.driver.storage import resolve_storage_path
 from pipeline.params import Params
-from pipeline.training import storage
-from pipeline.training.cluster import ensure_ray
-from pipeline.training.identity import RunIdentity, result_params, run_identity
-from pipeline.training.loop import NonFiniteLossError
-from pipeline.training.preflight import PreflightError, preflight
-from pipeline.training.storage import resolve_storage_path
-from pipeline.training.system_metrics import SystemMetricsSettings, run_monitor, this_node
+from pipeline.tracking.system_metrics import SystemMetricsSettings, run_monitor, this_node
+from pipeline.training.losses import NonFiniteLossError
 
 __all__ = ["RUN_RECORD", "PreflightError", "TrainResult", "TrainingError", "default_run_name", "ensure_ray", "fit",
            "preflight", "resolve_storage_path"]
@@ -108,7 +108,7 @@ def fit(params: Params, *, run_name: str, storage_path: str, callbacks: Sequence
         check: False: skip :func:`preflight` (the caller ran it).
         identity: the run's identity (default: from the params, data and training code).
         sinks: more receivers of every epoch report on the driver's side (objects with
-            ``on_epoch(report)``, see :mod:`pipeline.training.progress`), besides MLflow.
+            ``on_epoch(report)``, see :mod:`pipeline.tracking.progress`), besides MLflow.
         log: where progress messages go (default: stderr with a ``[train]`` prefix).
 
     Raises:
@@ -120,7 +120,8 @@ def fit(params: Params, *, run_name: str, storage_path: str, callbacks: Sequence
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from pipeline.training import progress, tracking
+    from pipeline.tracking import mlflow_runs as tracking
+    from pipeline.tracking import progress
 
     log = log or _say
     root = Path(root).resolve()
@@ -148,7 +149,7 @@ def fit(params: Params, *, run_name: str, storage_path: str, callbacks: Sequence
     rp = params.ray
     mlflow_run = None
     sinks = list(sinks)
-    system = None  # what the workers sample (pipeline.training.system_metrics)
+    system = None  # what the workers sample (pipeline.tracking.system_metrics)
     driver_node = None  # the driver's node, when the driver samples it into the run
     if params.mlflow.system_metrics:
         if track:
@@ -277,7 +278,7 @@ def _reuse(record: dict[str, Any], params: Params, *, run_name: str, ray_run: st
 
 def _write_reports(history: list[dict[str, Any]], summary: dict[str, Any],
                    reports_dir: str | Path | None) -> dict[str, Path]:
-    from pipeline.training import reports
+    from pipeline.tracking import reports
 
     out_dir = Path(reports_dir) if reports_dir is not None else Path(tempfile.mkdtemp(prefix="train-reports-"))
     return {
@@ -296,12 +297,12 @@ def _train_fn(config: dict[str, Any]) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- run identity
 def default_run_name(params: Params, data_dir: str | Path) -> str:
-    """``train-<digest>`` of :func:`pipeline.training.identity.run_identity`: identical inputs, same name."""
+    """``train-<digest>`` of :func:`pipeline.driver.identity.run_identity`: identical inputs, same name."""
     return f"train-{run_identity(result_params(params), data_dir).digest()}"
 
 
 def _resources_per_worker(params: Params) -> dict[str, float]:
-    from pipeline.training.preflight import worker_request
+    from pipeline.driver.preflight import worker_request
 
     return worker_request(params)
 

@@ -63,7 +63,7 @@ def forwarded_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
 @contextmanager
 def staged_code() -> Iterator[Path]:
     """A temporary folder holding a copy of :data:`SHIPPED_PACKAGES` (``*.py`` files only)."""
-    from pipeline.training.identity import source_dir
+    from pipeline.driver.identity import source_dir
 
     folder = Path(tempfile.mkdtemp(prefix="detpipe-code-"))
     try:

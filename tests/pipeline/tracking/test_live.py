@@ -1,4 +1,4 @@
-"""Live DVC metrics (pipeline/training/live.py): DVCLive's files after every epoch, rewritten
+"""Live DVC metrics (pipeline/tracking/live.py): DVCLive's files after every epoch, rewritten
 from the history after a resume or restart, DVCLive run in the stage's folder and environment."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import os
 import pickle
 import subprocess
 
-from pipeline.training.live import DvcLiveMetrics
-from pipeline.training.progress import EpochReport
+from pipeline.tracking.live import DvcLiveMetrics
+from pipeline.tracking.progress import EpochReport
 
 ROWS = [{"epoch": 1, "loss": 2.0, "loss_cls": 1.2, "loss_box": 0.8, "lr": 1e-3},
         {"epoch": 2, "loss": 1.5, "loss_cls": 0.9, "loss_box": 0.6, "lr": 1e-3, "AP50": 0.1, "AP": 0.05},

@@ -206,7 +206,7 @@ def _node_check(manifest: DataManifest, storage_probe: str | None, versions: dic
     """The task run on each node: what this node cannot do, by area."""
     import ray
 
-    from pipeline.training import identity, storage
+    from pipeline.driver import identity, storage
 
     hidden = tuple(p for p in os.environ.get(HIDE_PATHS_ENV, "").split(os.pathsep) if p)
     out: dict[str, Any] = {"node_id": ray.get_runtime_context().get_node_id(), "data": [], "storage": [],
@@ -233,7 +233,7 @@ def check_nodes(nodes: list[NodeShape], manifest: DataManifest, storage_path: st
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from pipeline.training import identity, storage
+    from pipeline.driver import identity, storage
 
     here = ray.get_runtime_context().get_node_id()
     probe = storage.write_probe(storage_path)
@@ -283,7 +283,8 @@ def check_nodes(nodes: list[NodeShape], manifest: DataManifest, storage_path: st
 def preflight(params: Params, *, storage_path: str, tracking_uri: str | None, data_dir: Path,
               log: Callable[[str], None] = print) -> None:
     """Every check of this module (see there), cheapest first. ``tracking_uri=None``: no tracking check."""
-    from pipeline.training import storage, tracking
+    from pipeline.driver import storage
+    from pipeline.tracking import mlflow_runs as tracking
 
     rp = params.ray
     request = worker_request(params)

@@ -7,7 +7,7 @@ world size) and the progress rows it printed every ``train.log_every`` steps, so
 curves reach the tracking store without a report per step.
 
 The local rank 0 of each node that samples its system metrics
-(:mod:`pipeline.training.system_metrics`) adds the samples it took during the epoch
+(:mod:`pipeline.tracking.system_metrics`) adds the samples it took during the epoch
 (``system``), and rank 0's first report after a (re)start carries the whole history of the run
 so far (``history``), so that a sink that rewrites its files from scratch (live DVC metrics)
 never shows an epoch twice after a resume or a restart.
@@ -16,9 +16,9 @@ Every report arrives in one place on the driver's side: :class:`ProgressCallback
 ``UserCallback`` that runs in the Train controller (which Ray places on the driver's node, so a
 local ``sqlite:///`` store works on any cluster). It turns the per-rank metrics into an
 :class:`EpochReport` and hands it to each *sink*: anything with an ``on_epoch(report)`` method,
-:class:`MlflowMetrics` and the live DVC metrics of :mod:`pipeline.training.live`. A Ray Tune
+:class:`MlflowMetrics` and the live DVC metrics of :mod:`pipeline.tracking.live`. A Ray Tune
 sweep forwards the same metrics to its driver (:class:`pipeline.tuning.callbacks.TrialReport`),
-where :class:`pipeline.tuning.tracking.TrialTracker` feeds them to :class:`MlflowMetrics`.
+where :class:`pipeline.tracking.trials.TrialTracker` feeds them to :class:`MlflowMetrics`.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ __all__ = ["HISTORY_KEY", "STEPS_KEY", "SYSTEM_KEY", "EpochReport", "MetricsSink
            "ProgressCallback", "epoch_metrics", "merge_system"]
 
 STEPS_KEY = "steps"  # rank 0's progress rows inside its epoch report
-SYSTEM_KEY = "system"  # a node's system-metric samples (pipeline.training.system_metrics), from its local rank 0
+SYSTEM_KEY = "system"  # a node's system-metric samples (pipeline.tracking.system_metrics), from its local rank 0
 HISTORY_KEY = "history"  # rank 0's epoch rows so far, in its first report after a (re)start
 EPOCH_PREFIX, STEP_PREFIX = "epoch/", "train/"  # MLflow metric names: epoch/loss (step = epoch), train/loss
 # Keys that Ray Tune adds to every result (not training metrics).
@@ -81,7 +81,7 @@ def _rank_zero(metrics_per_rank: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _system_samples(value: Any) -> list[dict[str, Any]]:
-    from pipeline.training.system_metrics import NODE_KEY, TIME_KEY
+    from pipeline.tracking.system_metrics import NODE_KEY, TIME_KEY
 
     return [{k: v for k, v in s.items() if k in (NODE_KEY, TIME_KEY) or _number(v)}
             for s in value or [] if isinstance(s, dict) and isinstance(s.get(NODE_KEY), str)
@@ -150,7 +150,7 @@ class MlflowMetrics:
     """
 
     def __init__(self, tracking_uri: str, run_id: str):
-        from pipeline.training.system_metrics import SampleSteps
+        from pipeline.tracking.system_metrics import SampleSteps
 
         self.tracking_uri, self.run_id = tracking_uri, run_id
         self._client: Any = None

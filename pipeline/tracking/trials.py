@@ -5,11 +5,11 @@ so it runs in the sweep's driver) creates each trial's child run when the trial 
 the trial's params and the ``mlflow.parentRunId`` tag, and logs every result the trial
 reports: the anchor fit at epoch 0, then rank 0's per-epoch metrics and progress rows and the
 system metrics its workers sampled on each of their nodes, which the trial's Ray Train run
-forwards to Tune (:mod:`pipeline.training.progress`). A trial that
+forwards to Tune (:mod:`pipeline.tracking.progress`). A trial that
 ASHA stops is killed mid-training; :func:`close_child_runs` then gives every child its final
 status (``FINISHED``, or ``KILLED`` with ``tune.status=stopped_early``), its anchor fit and the
 ``tune.best`` tag. The parent gets the results table and the plot, and the system metrics of
-the sweep driver's node (:func:`pipeline.training.system_metrics.driver_monitor`, in
+the sweep driver's node (:func:`pipeline.tracking.system_metrics.driver_monitor`, in
 :mod:`pipeline.tuning.sweep`).
 """
 
@@ -36,7 +36,7 @@ def start_parent(*, tracking_uri: str, experiment_name: str, sweep_id: str, expe
     from mlflow.entities import RunStatus
     from mlflow.tracking import MlflowClient
 
-    from pipeline.training import tracking
+    from pipeline.tracking import mlflow_runs as tracking
 
     if run_id:
         client = MlflowClient(tracking_uri)
@@ -149,7 +149,7 @@ class TrialTracker(Callback):
         """The trial's child run: found under the parent (a resumed sweep), else created."""
         import json
 
-        from pipeline.training import tracking
+        from pipeline.tracking import mlflow_runs as tracking
         from pipeline.tuning.trial import trial_values
 
         trial_id = trial.trial_id
@@ -174,7 +174,7 @@ class TrialTracker(Callback):
         self._guard(trial, lambda: self.run_id(trial))
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        from pipeline.training import progress
+        from pipeline.tracking import progress
 
         def log() -> None:
             if trial.trial_id not in self._sinks:

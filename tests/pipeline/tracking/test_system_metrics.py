@@ -1,4 +1,4 @@
-"""System metrics per node (pipeline/training/system_metrics.py), compared with MLflow's own monitors."""
+"""System metrics per node (pipeline/tracking/system_metrics.py), compared with MLflow's own monitors."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import types
 
 import pytest
 
-from pipeline.training import progress, system_metrics
-from pipeline.training.system_metrics import NODE_KEY, TIME_KEY, NodeSampler
+from pipeline.tracking import progress, system_metrics
+from pipeline.tracking.system_metrics import NODE_KEY, TIME_KEY, NodeSampler
 
 
 def _mlflow_sample(monitors) -> dict[str, float]:
