@@ -290,7 +290,7 @@ def _write_reports(history: list[dict[str, Any]], summary: dict[str, Any],
 
 def _train_fn(config: dict[str, Any]) -> dict[str, Any]:
     # imported inside the worker, so the driver does not pay for torch/detector imports twice
-    from pipeline.training.loop import train_loop_per_worker
+    from pipeline.training.worker import train_loop_per_worker
 
     return train_loop_per_worker(config)
 

@@ -96,7 +96,7 @@ def test_forwarded_environment_is_only_what_a_run_needs(monkeypatch):
         files = sorted(p.relative_to(code).as_posix() for p in code.rglob("*") if p.is_file())
         assert "pipeline/driver/cluster.py" in files and "detector/model.py" in files
         assert all(f.endswith(".py") and f.split("/")[0] in ("detector", "pipeline") for f in files)
-        assert (code / "pipeline/training/loop.py").read_bytes() == (REPO / "pipeline/training/loop.py").read_bytes()
+        assert (code / "pipeline/training/worker.py").read_bytes() == (REPO / "pipeline/training/worker.py").read_bytes()
     assert not code.exists()  # only staged while Ray uploads it
     assert shipped["working_dir"] == str(code)
     assert shipped["env_vars"]["AWS_REGION"] == "eu-west-1" and shipped["env_vars"]["RAY_ADDRESS"] == "h:6379"
