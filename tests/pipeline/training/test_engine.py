@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from worker_hooks import PoisonAt
 
 from pipeline.training import state as train_state
 from pipeline.training.engine import HookBase, Trainer
@@ -24,20 +25,6 @@ class Calls(HookBase):
             t = object.__getattribute__(self, "trainer")
             return lambda: self.calls.append((name, t.epoch, t.global_step))
         return object.__getattribute__(self, name)
-
-
-class PoisonAt(HookBase):
-    """Sets the class scores' weights to NaN before global step ``step``: the next loss is not finite."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def before_step(self):
-        if self.trainer.global_step == self.step:
-            with torch.no_grad():
-                for name, p in self.trainer.model_without_ddp.named_parameters():
-                    if "cls_score" in name:
-                        p.fill_(float("nan"))
 
 
 class SaveAfterEpoch(HookBase):
