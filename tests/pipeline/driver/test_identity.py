@@ -4,6 +4,7 @@ The file sets are computed here from the tree as it is (the import graph), never
 so the parametrized tests follow the code as modules are added, moved or stop being imported.
 """
 
+import shlex
 import shutil
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from pipeline.driver import identity, storage
 from pipeline.driver.identity import PROJECT_PACKAGES, SWEEP_ENTRIES, SWEEP_SKIP, TRAINING_ENTRIES, code_files
 
 REPO = Path(__file__).resolve().parents[3]
+DVC_FILES = ("dvc.yaml", "sweeps/dvc.yaml")
 NEUTRAL = ("pipeline/driver/", "pipeline/tracking/")  # where runs start, what is recorded
 
 # What the workers import (the training identity), and what the `train` stage imports besides:
@@ -159,6 +161,48 @@ def test_identity_covers_code_and_library_versions(tiny_params, tiny_coco, monke
     upgraded = identity.run_identity(keyed, tiny_coco)
     assert upgraded.differences(edited.to_dict()) == ["torch", "torchvision"]
     assert upgraded.tags()["torch_version"] == "9.9"
+
+
+def _stages() -> list[tuple[str, str]]:
+    return [(dvc_file, name) for dvc_file in DVC_FILES
+            for name in yaml.safe_load((REPO / dvc_file).read_text())["stages"]]
+
+
+def _stage_entry(cmd: str) -> str:
+    """The module a stage runs: ``python -m pipeline train`` runs ``pipeline.train`` (through the
+    command line, which no stage depends on; see dvc.yaml), ``python -m pipeline.data.fingerprint`` that module."""
+    words = shlex.split(cmd)
+    assert words[:2] == ["python", "-m"], f"a stage command this test cannot read: {cmd!r}"
+    return f"pipeline.{words[3]}" if words[2] == "pipeline" else words[2]
+
+
+def _code_deps(dvc_file: str, stage: dict) -> dict[str, str]:
+    """``{file: the dep that names it}`` for the stage's deps in detector/ and pipeline/; a folder
+    stands for every ``*.py`` under it."""
+    wdir = (REPO / dvc_file).parent / stage.get("wdir", ".")
+    files = {}
+    for dep in stage["deps"]:
+        path = (wdir / dep).resolve()
+        name = path.relative_to(REPO).as_posix()
+        if name.split("/")[0] not in PROJECT_PACKAGES:
+            continue
+        found = [p for p in sorted(path.rglob("*.py")) if "__pycache__" not in p.parts] if path.is_dir() else [path]
+        files.update((p.relative_to(REPO).as_posix(), name) for p in found)
+    return files
+
+
+@pytest.mark.parametrize(("dvc_file", "name"), _stages(), ids=[f"{f}:{n}" for f, n in _stages()])
+def test_stage_code_deps_are_what_the_stage_imports(dvc_file, name):
+    stage = yaml.safe_load((REPO / dvc_file).read_text())["stages"][name]
+    entry = _stage_entry(stage["cmd"])
+    imported = set(code_files((entry,), root=REPO))
+    declared = _code_deps(dvc_file, stage)
+    problems = [f"add {f} ({entry} imports it)" for f in sorted(imported - set(declared))]
+    for f in sorted(set(declared) - imported):
+        dep = declared[f]
+        problems.append(f"remove {f} ({entry} does not import it)" if dep == f else
+                        f"list the imported files of {dep} instead of the folder ({entry} does not import {f})")
+    assert not problems, f"{dvc_file}, stage {name!r}, deps: " + "; ".join(problems)
 
 
 def test_dvc_train_params_are_what_the_identity_keys():
