@@ -29,7 +29,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.console import setup_console
 from pipeline.params import Params
 from pipeline.training.engine import HookBase, Trainer
 from pipeline.training.hooks import EpochMetrics, PreciseBN, RayReport, StepLogger, Validation
@@ -50,7 +49,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     import ray.train
     import ray.train.torch
 
-    setup_console()
     _quiet_ray_train_logs()
     params, data_dir = config["params"], Path(config["data_dir"])
     ctx = ray.train.get_context()
