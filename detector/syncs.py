@@ -2,9 +2,11 @@
 
 A sync is what ``torch.cuda.set_sync_debug_mode("warn")`` reports: the Python thread stops
 until the device has run every kernel queued before, so the device idles while Python
-catches up. In ATen that is ``c10::cuda::memcpy_and_sync`` (a blocking copy between host
-and device, either way, and ``.item()``'s ``_local_scalar_dense``) and
-``stream_synchronize`` (the operators that read a count back to size their output).
+catches up. In ATen that is ``c10::cuda::memcpy_and_sync``, a blocking copy between host
+and device in either direction: behind ``.item()`` (``_local_scalar_dense``), ``.cpu()``,
+``.to()`` without ``non_blocking=True`` and the operators that read a count back to size
+their output (``nonzero``), and ``stream_synchronize``.
+
 :class:`HostSyncCounter` counts, each call once under the name it is listed by:
 
 * host reads of a device value: ``aten::_local_scalar_dense`` (``.item()``, ``bool(t)``,
@@ -226,7 +228,7 @@ class _OperatorLevel(TorchDispatchMode):
         if name in ("aten::lift_fresh", "aten::lift_fresh_copy"):  # a Python scalar or torch.tensor's data
             c._mark(out, host=True)
             return out
-        tensors = [t for t in _leaves(args) if isinstance(t, torch.Tensor)]
+        tensors = [t for t in _leaves([args, list(kwargs.values())]) if isinstance(t, torch.Tensor)]
         if c.stand_in and tensors and not any(c.on_device(t) for t in tensors):
             for t in _leaves(out):  # an operator on host data only: its results stay on the host
                 c._mark(t, host=True)
@@ -235,7 +237,8 @@ class _OperatorLevel(TorchDispatchMode):
                 c.counts[name] += 1
         elif name == "aten::repeat_interleave":
             a = _bound(func, args, kwargs)
-            if isinstance(a.get("repeats"), torch.Tensor) and a.get("output_size") is None:
+            repeats = a.get("repeats")
+            if isinstance(repeats, torch.Tensor) and c.on_device(repeats) and a.get("output_size") is None:
                 c.counts[name] += 1
         elif name in _INDEX or name in _INDEX_PUT:
             self._indexing(name, _bound(func, args, kwargs))
