@@ -214,17 +214,18 @@ class Setup:
         return run
 
     def host_syncs(self, which: str) -> int:
-        """Host syncs of one training step; ours as configured on CUDA (matrix NMS) on any device."""
+        """Host syncs of one training step (``HostSyncCounter`` on the device; on the CPU, the
+        CPU stands in for one); ours with the kernels it picks on CUDA on any device."""
         model = self.ours if which == "ours" else self.theirs
-        saved = getattr(model.rpn, "nms_impl", None)
         if which == "ours":
-            model.rpn.nms_impl = "matrix"
+            saved = model.rpn.nms_impl, model.roi_heads.pooler.backend
+            model.rpn.nms_impl, model.roi_heads.pooler.backend = "matrix", "torchvision"
         try:
-            with HostSyncCounter() as counter:
+            with HostSyncCounter(self.device) as counter:
                 self.train_step(which)()
         finally:
             if which == "ours":
-                model.rpn.nms_impl = saved
+                model.rpn.nms_impl, model.roi_heads.pooler.backend = saved
         return counter.total
 
     def peak_memory(self, which: str) -> float:

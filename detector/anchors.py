@@ -65,7 +65,9 @@ def cell_anchors(
             w = math.sqrt(area / ratio)
             h = area / w
             rows.append([-w / 2, -h / 2, w / 2, h / 2])
-    return torch.tensor(rows, device=device, dtype=dtype or torch.float32)
+    # built on the host and copied without waiting for the device (torch.tensor(..., device=)
+    # would make a blocking copy: a host-device sync)
+    return torch.tensor(rows, dtype=dtype or torch.float32).to(device, non_blocking=True)
 
 
 class AnchorGenerator(nn.Module):

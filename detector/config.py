@@ -87,9 +87,10 @@ class AnchorConfig(_Section):
 class RPNConfig(_Section):
     """Region proposal network. ``stem_channels: null`` means ``[fpn_channels]``.
 
-    ``nms``: how the (image, level) groups are suppressed: ``matrix`` (all at once, no
-    device-to-host sync: the CUDA default), ``per_group`` (torchvision's ``nms`` per group:
-    the CPU default) or ``auto``. Both give the same proposals.
+    ``nms``: how the (image, level) groups are suppressed: ``matrix`` (all at once, one
+    device-to-host sync for its convergence check: the CUDA default), ``per_group``
+    (torchvision's ``nms`` per group, a sync each on CUDA: the CPU default) or ``auto``. Both
+    give the same proposals.
     """
 
     iou_thresholds: list[float] = field(default_factory=lambda: [0.3, 0.6])

@@ -12,10 +12,11 @@ higher score is ``> iou_threshold``, as ``torchvision.ops.nms``):
   the kept set is the unique fixed point of ``keep[j] = not any_i(keep[i] and S[i, j])``
   (unique because ``S`` is strictly upper triangular, so ``keep[j]`` depends only on
   ``keep[:j]``). Iterating from "all kept" fixes at least one more candidate per step;
-  in practice a handful of steps converge, and the host checks convergence once per
-  ``check_every`` steps (one sync). torchvision's CUDA ``nms`` instead copies an
-  ``M x M/64`` bit mask to the host per call (650 MB for one call over a batch's 72k RPN
-  candidates), so one call per batch is not an option there either.
+  in practice a handful of steps converge, and the host checks every chunk of groups at
+  once after each round of ``check_every`` steps (one sync per round, usually one in all).
+  torchvision's CUDA ``nms`` instead copies an ``M x M/64`` bit mask to the host per call
+  (650 MB for one call over a batch's 72k RPN candidates), so one call per batch is not an
+  option there either.
 """
 
 from __future__ import annotations
@@ -75,25 +76,30 @@ def nms_matrix(boxes: Tensor, scores: Tensor, valid: Tensor, iou_threshold: floa
         valid: ``(G, K)`` bool, candidates that take part.
         max_chunk_elements: groups are processed in chunks of at most this many ``K x K``
             entries (memory: a few such temporaries).
-        check_every: fixed-point steps between the host's convergence checks.
+        check_every: fixed-point steps of every chunk between the host's convergence checks.
 
     Returns:
         ``(G, K)`` bool, the kept candidates (equal to :func:`nms_per_group`).
     """
     G, K = valid.shape
-    keep = torch.zeros(G, K, dtype=torch.bool, device=valid.device)
+    keep = valid.clone()  # the iteration starts from "every valid candidate kept"
     if G == 0 or K == 0:
         return keep
     step = max(1, max_chunk_elements // (K * K))
-    for s in range(0, G, step):
-        suppress = _suppression(boxes[s : s + step], valid[s : s + step], iou_threshold)  # (g, K, K)
-        current = valid[s : s + step]
-        while True:
+    chunks = [slice(s, s + step) for s in range(0, G, step)]
+    # one chunk keeps its suppression matrix between rounds; several rebuild theirs (rarely needed)
+    only = _suppression(boxes, valid, iou_threshold) if len(chunks) == 1 else None
+    while chunks:
+        moving = []
+        for chunk in chunks:
+            suppress = only if only is not None else _suppression(boxes[chunk], valid[chunk], iou_threshold)
+            current = keep[chunk]  # (g, K), where the previous round left it
             for _ in range(check_every):
                 previous = current
                 # j survives unless a currently kept i outranks and overlaps it: (g, K, 1) & (g, K, K)
-                current = valid[s : s + step] & ~(current[:, :, None] & suppress).any(dim=1)
-            if torch.equal(current, previous):  # a fixed point: the greedy result (one sync)
-                break
-        keep[s : s + step] = current
+                current = valid[chunk] & ~(current[:, :, None] & suppress).any(dim=1)
+            keep[chunk] = current
+            moving.append((current != previous).any())
+        # one sync per round for all chunks: those not at their fixed point (the greedy result) go on
+        chunks = [chunk for chunk, m in zip(chunks, torch.stack(moving).tolist()) if m]
     return keep

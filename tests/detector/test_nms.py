@@ -3,6 +3,7 @@ import torch
 from torchvision.ops import nms
 
 from detector.nms import nms_matrix, nms_per_group
+from detector.syncs import HostSyncCounter
 
 
 def _clustered_groups(G, K, gen):
@@ -45,9 +46,21 @@ def test_matrix_chunks_and_long_chains(gen):
     boxes = torch.stack([chain, chain + 1000])  # (2, K, 4)
     scores = torch.linspace(1, 0, K).expand(2, K)
     valid = torch.ones(2, K, dtype=torch.bool)
-    keep = nms_matrix(boxes, scores, valid, 0.2, max_chunk_elements=K * K, check_every=3)
+    with HostSyncCounter() as c:
+        keep = nms_matrix(boxes, scores, valid, 0.2, max_chunk_elements=K * K, check_every=3)
     assert torch.equal(keep, _reference(boxes, scores, valid, 0.2))
     assert keep[0].tolist() == [k % 2 == 0 for k in range(K)]
+    # 40 links at 3 steps per round: 14 rounds, each one check for both chunks
+    assert c.counts == {"Tensor.tolist (device to host)": 14}
+
+
+def test_matrix_checks_all_chunks_at_once(gen):
+    """Groups processed in 6 chunks cost the host one convergence check, not one per chunk."""
+    boxes, scores, valid = _clustered_groups(6, 300, gen)
+    with HostSyncCounter() as c:
+        keep = nms_matrix(boxes, scores, valid, 0.5, max_chunk_elements=300 * 300)
+    assert torch.equal(keep, _reference(boxes, scores, valid, 0.5))
+    assert c.counts == {"Tensor.tolist (device to host)": 1}
 
 
 def test_empty_and_all_invalid():
