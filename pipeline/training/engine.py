@@ -187,12 +187,13 @@ class Trainer:
         if self.world_size > 1:
             torch.distributed.all_reduce(values)
             values /= self.world_size
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        # the step's one read of the losses on the host, after the backward pass is queued; a non-finite
+        # loss stops the run before the optimiser step
         reduced = dict(zip([*names, "loss"], values.tolist()))
         check_finite({k: reduced[k] for k in names}, epoch=self.epoch, step=self.step,
                      global_step=self.global_step, total=reduced["loss"])
-
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(total).backward()
         if self.grad_clip_norm is not None:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model_without_ddp.parameters(), self.grad_clip_norm)
