@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,8 @@ from pipeline.params import Params
 
 __all__ = ["NodeShape", "PreflightError", "check_capacity", "check_data_files", "cluster_shapes", "preflight",
            "worker_request"]
+
+logger = logging.getLogger(__name__)
 
 # Test hook, read on each node (in the environment its raylet was started with): paths listed
 # here (os.pathsep-separated) are treated as missing on that node, to simulate a node without
@@ -280,8 +282,7 @@ def check_nodes(nodes: list[NodeShape], manifest: DataManifest, storage_path: st
             "filesystem or s3://...), and has the driver's torch/torchvision installed.")
 
 
-def preflight(params: Params, *, storage_path: str, tracking_uri: str | None, data_dir: Path,
-              log: Callable[[str], None] = print) -> None:
+def preflight(params: Params, *, storage_path: str, tracking_uri: str | None, data_dir: Path) -> None:
     """Every check of this module (see there), cheapest first. ``tracking_uri=None``: no tracking check."""
     from pipeline.driver import storage
     from pipeline.tracking import mlflow_runs as tracking
@@ -290,7 +291,7 @@ def preflight(params: Params, *, storage_path: str, tracking_uri: str | None, da
     request = worker_request(params)
     shapes = cluster_shapes()
     for warning in check_capacity(request, rp.min_workers, rp.max_workers, shapes):
-        log(f"warning: {warning}")
+        logger.warning(warning)
     try:
         storage.check_writable(storage_path)
     except storage.StorageError as err:

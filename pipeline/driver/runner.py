@@ -20,15 +20,16 @@ the run; the other nodes' samples arrive with the reports.
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.console import setup_console
 from pipeline.driver import storage
 from pipeline.driver.cluster import ensure_ray
 from pipeline.driver.identity import RunIdentity, result_params, run_identity
@@ -40,6 +41,8 @@ from pipeline.training.losses import NonFiniteLossError
 
 __all__ = ["RUN_RECORD", "PreflightError", "TrainResult", "TrainingError", "default_run_name", "ensure_ray", "fit",
            "preflight", "resolve_storage_path"]
+
+logger = logging.getLogger(__name__)
 
 RUN_RECORD = "detpipe_run.json"  # in the Ray run folder: identity, status, final checkpoint, MLflow run
 
@@ -85,8 +88,7 @@ def fit(params: Params, *, run_name: str, storage_path: str, callbacks: Sequence
         mlflow_parent_run_id: str | None = None, data_dir: str | Path = "data/prepared",
         reports_dir: str | Path | None = None, artifacts: Sequence[str | Path] = (),
         tags: dict[str, str] | None = None, root: str | Path = ".", track: bool = True, check: bool = True,
-        identity: RunIdentity | None = None, sinks: Sequence[Any] = (),
-        log: Callable[[str], None] | None = None) -> TrainResult:
+        identity: RunIdentity | None = None, sinks: Sequence[Any] = ()) -> TrainResult:
     """Train ``params`` with Ray Train (DDP) and track it in MLflow; resume ``run_name`` if it exists.
 
     Args:
@@ -109,7 +111,6 @@ def fit(params: Params, *, run_name: str, storage_path: str, callbacks: Sequence
         identity: the run's identity (default: from the params, data and training code).
         sinks: more receivers of every epoch report on the driver's side (objects with
             ``on_epoch(report)``, see :mod:`pipeline.tracking.progress`), besides MLflow.
-        log: where progress messages go (default: stderr with a ``[train]`` prefix).
 
     Raises:
         PreflightError: the workers can never be placed, storage not writable, MLflow not
@@ -123,7 +124,7 @@ def fit(params: Params, *, run_name: str, storage_path: str, callbacks: Sequence
     from pipeline.tracking import mlflow_runs as tracking
     from pipeline.tracking import progress
 
-    log = log or _say
+    setup_console()
     root = Path(root).resolve()
     data_dir = Path(data_dir).resolve()
     for split in ("train.json", "val.json"):
@@ -136,15 +137,15 @@ def fit(params: Params, *, run_name: str, storage_path: str, callbacks: Sequence
     record = storage.read_json(record_path) or {}
     changed = identity.differences(record.get("identity")) if record else []
     if record.get("status") == "finished" and not changed:
-        return _reuse(record, params, run_name=run_name, ray_run=ray_run, reports_dir=reports_dir, log=log)
+        return _reuse(record, params, run_name=run_name, ray_run=ray_run, reports_dir=reports_dir)
     if changed:  # only with an explicit run name: default names contain the identity
         _check_continuable(run_name, record, changed, params)
-        log(f"warning: run {run_name} was made with other {', '.join(changed)}; continuing it as asked")
+        logger.warning("run %s was made with other %s; continuing it as asked", run_name, ", ".join(changed))
     tracking_uri = tracking.resolve_tracking_uri(params.mlflow.tracking_uri, root) if track else None
 
     ensure_ray(params.ray.address)
     if check:
-        preflight(params, storage_path=storage_path, tracking_uri=tracking_uri, data_dir=data_dir, log=log)
+        preflight(params, storage_path=storage_path, tracking_uri=tracking_uri, data_dir=data_dir)
 
     rp = params.ray
     mlflow_run = None
@@ -192,7 +193,7 @@ def fit(params: Params, *, run_name: str, storage_path: str, callbacks: Sequence
     )
     start = time.perf_counter()
     try:
-        with run_monitor(mlflow_run if driver_node else None, params.mlflow.system_metrics_interval_s, log):
+        with run_monitor(mlflow_run if driver_node else None, params.mlflow.system_metrics_interval_s):
             result = trainer.fit()
     except Exception as err:
         if mlflow_run:
@@ -252,7 +253,7 @@ def _check_continuable(run_name: str, record: dict[str, Any], changed: list[str]
 
 
 def _reuse(record: dict[str, Any], params: Params, *, run_name: str, ray_run: str,
-           reports_dir: str | Path | None, log: Callable[[str], None]) -> TrainResult:
+           reports_dir: str | Path | None) -> TrainResult:
     """The result of the finished run ``record`` describes, read back from its final checkpoint."""
     import ray.train
 
@@ -261,8 +262,8 @@ def _reuse(record: dict[str, Any], params: Params, *, run_name: str, ray_run: st
         raise TrainingError(f"run {run_name} finished, but its final checkpoint {path} is gone; "
                             f"start a new run with --fresh (or remove {ray_run})")
     mlflow_run = record.get("mlflow_run")
-    log(f"reusing finished run {run_name}" + (f" (MLflow run {mlflow_run['run_id']})" if mlflow_run else "")
-        + ": same params, data, code and torch/torchvision; nothing to train, no new model version")
+    logger.info("reusing finished run %s%s: same params, data, code and torch/torchvision; nothing to train, "
+                "no new model version", run_name, f" (MLflow run {mlflow_run['run_id']})" if mlflow_run else "")
     saved = _load_final_state(ray.train.Checkpoint(path))
     history = sorted(saved["history"], key=lambda r: r["epoch"])
     summary = _summary(history, wall_time=float(record.get("wall_time_s") or 0.0), world_size=saved["world_size"],
@@ -353,7 +354,3 @@ def _debug_hooks(num_workers: int) -> dict[str, Any]:
     if "fault_at_step" in hooks:
         hooks.setdefault("fault_rank", num_workers - 1)
     return hooks
-
-
-def _say(message: str) -> None:
-    print(f"[train] {message}", file=sys.stderr, flush=True)
