@@ -77,9 +77,9 @@ def run(params: Params, args: argparse.Namespace) -> int:
     live = DvcLiveMetrics(LIVE_DIR, epochs=params.train.epochs)  # absolute: the sink runs in Ray's controller
     ray_was_running = ray.is_initialized()
     try:
-        result = driver.fit(params, run_name=run_name, storage_path=storage_path, data_dir=data_dir,
-                            reports_dir=REPORTS_DIR, artifacts=artifacts, tags=tags, root=root, identity=identity,
-                            sinks=[live])
+        tracking = driver.Tracking(tags=tags, artifacts=artifacts, sinks=[live], reports_dir=REPORTS_DIR)
+        result = driver.fit(params, run_name=run_name, storage_path=storage_path, data_dir=data_dir, root=root,
+                            tracking=tracking, identity=identity)
     except (driver.PreflightError, driver.TrainingError, NonFiniteLossError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

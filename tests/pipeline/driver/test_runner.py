@@ -4,6 +4,7 @@ import pytest
 
 from pipeline import driver
 from pipeline.driver import runner, storage
+from pipeline.driver.record import FINISHED, RUNNING, RunRecord
 from pipeline.tracking import mlflow_runs as tracking
 
 
@@ -46,9 +47,9 @@ def test_preflight_storage_and_tracking_errors(tmp_path):
 
 
 def test_a_finished_run_continues_only_to_train_more_epochs(tiny_params):
-    finished = {"status": "finished", "epochs": 1}
+    finished = RunRecord(FINISHED, "r", epochs=1)
     runner._check_continuable("r", finished, ["params"], tiny_params("train.epochs=3"))  # more epochs: fine
-    runner._check_continuable("r", {"status": "running"}, ["code"], tiny_params())        # interrupted: fine
+    runner._check_continuable("r", RunRecord(RUNNING, "r"), ["code"], tiny_params())      # interrupted: fine
     with pytest.raises(runner.TrainingError, match="finished with other code, torch; continuing it would mix"):
         runner._check_continuable("r", finished, ["params", "code", "torch"], tiny_params("train.epochs=3"))
     with pytest.raises(runner.TrainingError, match="already finished 1 epoch.*would train nothing"):
