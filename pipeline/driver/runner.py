@@ -15,6 +15,9 @@ edit included) starts a new run. Each run folder holds a record
 identical inputs is reused as it is ("reusing finished run X": nothing is trained, logged or
 registered again).
 
+Test-only behaviour stays out of this module: a test passes its own worker ``hooks`` (fault
+injection, records of what each rank did) and its own preflight ``check``.
+
 Tracking happens on the driver's side only (:mod:`pipeline.tracking.progress`): workers report,
 a Ray Train callback in the controller logs to MLflow, so no worker needs the tracking store.
 System metrics (:mod:`pipeline.tracking.system_metrics`): the driver samples its own node into
@@ -24,10 +27,9 @@ the run; the other nodes' samples arrive with the reports.
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -49,15 +51,9 @@ __all__ = ["RUN_RECORD", "PreflightError", "TrainResult", "Tracking", "TrainingE
 
 logger = logging.getLogger(__name__)
 
-# Test-only hooks, read here (never in the loop) and passed to the workers in their config.
-DEBUG_ENV = {
-    "record_dir": "DETPIPE_DEBUG_DIR",          # each rank appends what it did to rank<r>.jsonl
-    "fault_at_step": "DETPIPE_FAULT_AT_STEP",   # a worker exits at this global step ...
-    "fault_marker": "DETPIPE_FAULT_MARKER",     # ... once: only if it can create this file
-    "fault_rank": "DETPIPE_FAULT_RANK",         # which rank (default: the last)
-    "nonfinite_at_step": "DETPIPE_NONFINITE_AT_STEP",  # the loss becomes NaN at this global step
-    "hang_at_step": "DETPIPE_HANG_AT_STEP",     # a worker stops at this global step (a hung node), once (marker)
-}
+# The checks run before anything trains, called as ``check(params, storage_path=, tracking_uri=,
+# data_dir=)``: :func:`pipeline.driver.preflight.preflight` or a variant of it.
+Check = Callable[..., None]
 
 
 class TrainingError(RuntimeError):
@@ -107,7 +103,8 @@ class TrainResult:
 
 def fit(params: Params, *, run_name: str, storage_path: str, data_dir: str | Path = "data/prepared",
         root: str | Path = ".", tracking: Tracking | None = None, callbacks: Sequence[Any] = (),
-        check: bool = True, identity: RunIdentity | None = None) -> TrainResult:
+        hooks: Sequence[Any] = (), check: Check | None = preflight, identity: RunIdentity | None = None
+        ) -> TrainResult:
     """Train ``params`` with Ray Train (DDP) and track it in MLflow; resume ``run_name`` if it exists.
 
     Args:
@@ -120,7 +117,9 @@ def fit(params: Params, *, run_name: str, storage_path: str, data_dir: str | Pat
         tracking: MLflow on or off, its parent run, tags and artifacts, more report sinks, where
             the reports go (default: :class:`Tracking` ``()``).
         callbacks: Ray Train ``UserCallback``s, e.g. Tune's ``TuneReportCallback()``.
-        check: False: skip :func:`preflight` (the caller ran it).
+        hooks: more hooks for the workers' trainer (picklable; sent in ``train_loop_config["hooks"]``).
+        check: the checks run before training (default :func:`~pipeline.driver.preflight.preflight`,
+            e.g. ``functools.partial(preflight, data_check=...)``); None: none (the caller ran them).
         identity: the run's identity (default: from the params, data and training code).
 
     Raises:
@@ -144,8 +143,8 @@ def fit(params: Params, *, run_name: str, storage_path: str, data_dir: str | Pat
         logger.warning("run %s was made with other %s; continuing it as asked", run_name, ", ".join(changed))
     tracking_uri = mlflow_runs.resolve_tracking_uri(params.mlflow.tracking_uri, root) if tracking.mlflow else None
     ensure_ray(params.ray.address)
-    if check:
-        preflight(params, storage_path=storage_path, tracking_uri=tracking_uri, data_dir=data_dir)
+    if check is not None:
+        check(params, storage_path=storage_path, tracking_uri=tracking_uri, data_dir=data_dir)
     mlflow_run, run_tags = None, {}
     if tracking_uri:
         mlflow_run, run_tags = _start_mlflow_run(params, identity, tracking, tracking_uri=tracking_uri,
@@ -155,7 +154,7 @@ def fit(params: Params, *, run_name: str, storage_path: str, data_dir: str | Pat
     with mlflow_runs.failed_on_error(mlflow_run):
         trainer, driver_node = _tracked_trainer(params, run_name=run_name, storage_path=storage_path,
                                                 data_dir=data_dir, mlflow_run=mlflow_run, sinks=tracking.sinks,
-                                                callbacks=callbacks)
+                                                callbacks=callbacks, hooks=hooks)
         checkpoint, wall_time = _run_trainer(trainer, run_name, params, mlflow_run if driver_node else None)
         record = replace(record, status=FINISHED, checkpoint_path=checkpoint.path, wall_time_s=round(wall_time, 2))
         result = _finish(params, record, checkpoint, run_path, tracking.reports_dir)
@@ -237,11 +236,12 @@ def _log_final(params: Params, run: mlflow_runs.MlflowRun, result: TrainResult, 
 
 # --------------------------------------------------------------------------- the trainer
 def build_trainer(params: Params, *, run_name: str, storage_path: str, data_dir: str | Path,
-                  callbacks: Sequence[Any] = (), system: SystemMetricsSettings | None = None) -> Any:
+                  callbacks: Sequence[Any] = (), hooks: Sequence[Any] = (),
+                  system: SystemMetricsSettings | None = None) -> Any:
     """The ``TorchTrainer`` of one run: ``params.ray``'s workers, failures, checkpoints.
 
     The workers receive ``train_loop_config`` ``{"params", "data_dir", "system_metrics",
-    "debug"}``: ``system`` says what they sample.
+    "hooks"}``: ``system`` says what they sample, ``hooks`` are registered on their trainer.
     """
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -251,7 +251,7 @@ def build_trainer(params: Params, *, run_name: str, storage_path: str, data_dir:
     return TorchTrainer(
         _train_fn,
         train_loop_config={"params": params, "data_dir": str(data_dir), "system_metrics": system,
-                           "debug": _debug_hooks(rp.max_workers)},
+                           "hooks": list(hooks)},
         scaling_config=ray.train.ScalingConfig(num_workers=rp.scaling_num_workers(), use_gpu=rp.use_gpu,
                                                resources_per_worker=_resources_per_worker(params)),
         torch_config=TorchConfig(backend="nccl" if rp.use_gpu else "gloo"),
@@ -267,8 +267,8 @@ def build_trainer(params: Params, *, run_name: str, storage_path: str, data_dir:
 
 
 def _tracked_trainer(params: Params, *, run_name: str, storage_path: str, data_dir: Path,
-                     mlflow_run: mlflow_runs.MlflowRun | None, sinks: Sequence[Any], callbacks: Sequence[Any]
-                     ) -> tuple[Any, str | None]:
+                     mlflow_run: mlflow_runs.MlflowRun | None, sinks: Sequence[Any], callbacks: Sequence[Any],
+                     hooks: Sequence[Any]) -> tuple[Any, str | None]:
     """:func:`build_trainer` with the driver-side tracking (MLflow first, then ``sinks``) as a callback;
     also the driver's node when the driver samples it into ``mlflow_run``."""
     from pipeline.tracking import progress
@@ -279,7 +279,7 @@ def _tracked_trainer(params: Params, *, run_name: str, storage_path: str, data_d
         sinks.insert(0, progress.MlflowMetrics(mlflow_run["tracking_uri"], mlflow_run["run_id"]))
     callbacks = [progress.ProgressCallback(sinks), *callbacks] if sinks else list(callbacks)
     trainer = build_trainer(params, run_name=run_name, storage_path=storage_path, data_dir=data_dir,
-                            callbacks=callbacks, system=system)
+                            callbacks=callbacks, hooks=hooks, system=system)
     return trainer, driver_node
 
 
@@ -399,14 +399,3 @@ def _summary(history: list[dict[str, Any]], *, wall_time: float, world_size: int
 def default_run_name(params: Params, data_dir: str | Path) -> str:
     """``train-<digest>`` of :func:`pipeline.driver.identity.run_identity`: identical inputs, same name."""
     return f"train-{run_identity(result_params(params), data_dir).digest()}"
-
-
-def _debug_hooks(num_workers: int) -> dict[str, Any]:
-    hooks: dict[str, Any] = {}
-    for key, env in DEBUG_ENV.items():
-        value = os.environ.get(env)
-        if value:
-            hooks[key] = int(value) if key.endswith(("_step", "_rank")) else value
-    if "fault_at_step" in hooks:
-        hooks.setdefault("fault_rank", num_workers - 1)
-    return hooks

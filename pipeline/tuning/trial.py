@@ -79,7 +79,7 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     tune.report({"epoch": 0, **anchor_report(params, spec.data_dir)})
     # no tracking here (the sweep's driver logs what Tune receives); preflight ran once for the sweep
     result = fit(params, run_name=trial_id, storage_path=spec.train_storage, callbacks=[TrialReport()],
-                 data_dir=spec.data_dir, root=spec.root, tracking=Tracking(mlflow=False), check=False)
+                 data_dir=spec.data_dir, root=spec.root, tracking=Tracking(mlflow=False), check=None)
     if not any(spec.metric in row for row in result.history):
         raise RuntimeError(f"trial {trial_id}: training reported no {spec.metric} (tune.metric); "
                            f"validation must run every epoch")
