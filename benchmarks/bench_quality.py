@@ -81,9 +81,10 @@ def torchvision_loop_per_worker(config: dict[str, Any]) -> None:
     from pipeline.data.transforms import build_transforms
     from pipeline.training import state
     from pipeline.training.loader import build_train_loader
+    from pipeline.training.losses import training_targets
     from pipeline.training.optim import build_optimizer, build_scheduler, scaled_lr
     from pipeline.training.precise_bn import recompute_bn_stats
-    from pipeline.training.worker import _quiet_ray_train_logs, training_targets
+    from pipeline.training.worker import _quiet_ray_train_logs
 
     _quiet_ray_train_logs()
     params = config["params"]

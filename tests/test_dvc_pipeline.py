@@ -155,7 +155,7 @@ def test_dvc_repro_end_to_end(repo_copy: Path, console_noise):
 
     # --- a code change (a comment in the training loop), run as a temporary DVC experiment
     (run,) = _runs(repo_copy)
-    loop = repo_copy / "pipeline" / "training" / "loop.py"
+    loop = repo_copy / "pipeline" / "training" / "worker.py"
     loop.write_text(loop.read_text() + "\n# a change to the training code\n")
     out = _run([dvc, "exp", "run", "--temp", "train"], repo_copy, env)
     assert "Running stage 'train'" in out, out

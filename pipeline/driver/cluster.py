@@ -36,6 +36,9 @@ __all__ = ["FORWARDED_ENV", "FORWARDED_ENV_PREFIXES", "SHIPPED_PACKAGES", "ensur
 SHIPPED_PACKAGES = ("detector", "pipeline")
 SHIPPED_FILES = "*.py"
 
+# Run by Ray in every process of the job before any task or actor: the console's logging format.
+WORKER_SETUP_HOOK = "pipeline.console.setup_console"
+
 # Environment variables a run needs on the cluster, by exact name ...
 FORWARDED_ENV = (
     "MLFLOW_TRACKING_URI",          # tracking (used by the driver-side tracking in the Train controller)
@@ -81,8 +84,11 @@ def staged_code() -> Iterator[Path]:
 
 
 def runtime_env(code_dir: str | Path, extra_env: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """The job's runtime environment: the staged code (:func:`staged_code`) and the forwarded variables."""
-    return {"working_dir": str(code_dir), "env_vars": {**forwarded_env(), **(extra_env or {})}}
+    """The job's runtime environment: the staged code (:func:`staged_code`), the forwarded variables, and
+    :func:`pipeline.console.setup_console` run in every process Ray starts (so the workers print their
+    progress like the driver; the training code itself imports nothing of the console)."""
+    return {"working_dir": str(code_dir), "env_vars": {**forwarded_env(), **(extra_env or {})},
+            "worker_process_setup_hook": WORKER_SETUP_HOOK}
 
 
 def ensure_ray(address: str | None) -> bool:

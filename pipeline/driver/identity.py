@@ -5,43 +5,52 @@ A training run (and a sweep) is named from a hash of everything its result depen
 - the params that change the result (:data:`RESULT_PARAMS`: the model, the recipe, the
   training resize, the worker count, which sets the global batch, and the device),
 - the prepared data (``train.json`` and ``val.json``),
-- the code (:data:`TRAINING_CODE`: the source files of the packages the result is computed by),
+- the code: the project files the workers import (:data:`TRAINING_ENTRIES`), found by
+  :func:`code_files` from the import graph,
 - the versions of torch and torchvision.
 
 So a rerun with identical inputs finds the same Ray run (resumed if unfinished, reused if
-finished), and changing any of them (a code edit included) starts a new run instead of
-resuming the old one. Where things are stored or tracked, how many failures are survived and
-how many checkpoints are kept do not change the result and are left out; ``dvc.yaml`` lists
-the same keys and code for the ``train`` stage (``tests/pipeline/training/test_identity.py``
-checks that).
+finished), and changing any of them (an edit to that code included) starts a new run instead
+of resuming the old one. Where things are stored or tracked, how many failures are survived and
+how many checkpoints are kept do not change the result and are left out: so is the code of
+the driver side (:mod:`pipeline.driver`) and of tracking (:mod:`pipeline.tracking`), which the
+workers do not import. ``tests/pipeline/driver/test_identity.py`` checks that ``dvc.yaml``'s
+stages depend on exactly the files their modules import, by the same :func:`code_files`.
 """
 
 from __future__ import annotations
 
+import ast
+import functools
 import hashlib
 import importlib
 import importlib.metadata
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from pipeline.params import Params
 
-__all__ = ["RESULT_PARAMS", "SWEEP_CODE", "TRAINING_CODE", "RunIdentity", "code_fingerprint", "data_fingerprint",
-           "library_versions", "result_params", "run_identity", "source_dir"]
+__all__ = ["PROJECT_PACKAGES", "RESULT_PARAMS", "SWEEP_ENTRIES", "SWEEP_SKIP", "TRAINING_ENTRIES", "RunIdentity",
+           "code_files", "code_fingerprint", "data_fingerprint", "library_versions", "result_params", "run_identity",
+           "source_dir"]
 
 # Dotted params keys the trained model depends on (and the dvc.yaml `train` stage lists).
 RESULT_PARAMS = ("data.resize", "model", "train", "ray.num_workers", "ray.use_gpu")
 
-# Source the trained model depends on, as "<top-level package>[/sub/path]": the library, the
-# training loop and driver, the dataset and its transforms, and the validation (its AP is in
-# the history and can pick the kept checkpoint). Not the stage scripts (pipeline/train.py):
-# how outputs are written does not change the model.
-TRAINING_CODE = ("detector", "pipeline/training", "pipeline/data/dataset.py", "pipeline/data/transforms.py",
-                 "pipeline/evaluation")
-# A sweep's results also depend on the sweep itself and the anchor fit its trials report.
-SWEEP_CODE = (*TRAINING_CODE, "pipeline/tuning", "pipeline/data/anchor_fit.py")
+# The top-level packages of this project: imports of anything else (torch, ray, ...) are
+# covered by library_versions or not at all.
+PROJECT_PACKAGES = ("detector", "pipeline")
+
+# The module every training worker runs (train_loop_per_worker): what it imports, at any
+# depth, is the code a trained model depends on.
+TRAINING_ENTRIES = ("pipeline.training.worker",)
+# A sweep's results also depend on the sweep and its trials (the anchor fit they report); not
+# on where runs are launched (the driver side) or what is recorded (tracking).
+SWEEP_ENTRIES = (*TRAINING_ENTRIES, "pipeline.tuning.sweep")
+SWEEP_SKIP = ("pipeline.driver", "pipeline.tracking")
 
 _LIBRARIES = ("torch", "torchvision")
 
@@ -52,28 +61,123 @@ def source_dir(package: str) -> Path:
     return Path(module.__file__).resolve().parent
 
 
-def code_fingerprint(entries: tuple[str, ...] = TRAINING_CODE) -> str:
-    """SHA-256 over the relative paths and contents of the ``*.py`` files under ``entries``.
+def _module_file(root: Path, module: str) -> Path | None:
+    """``a/b.py`` or ``a/b/__init__.py`` under ``root`` for module ``a.b``; None if neither exists."""
+    base = root.joinpath(*module.split("."))
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
 
-    Each entry is ``<package>[/path]``, located through the imported package, so the
+
+def _within(module: str, packages: tuple[str, ...]) -> bool:
+    return any(module == p or module.startswith(f"{p}.") for p in packages)
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    """``TYPE_CHECKING`` or ``typing.TYPE_CHECKING``."""
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _import_nodes(nodes: Iterable[ast.AST]) -> Iterator[ast.Import | ast.ImportFrom]:
+    """The import statements in ``nodes`` at any depth, except in the body of ``if TYPE_CHECKING:``."""
+    for node in nodes:
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            yield node
+        elif isinstance(node, ast.If) and _is_type_checking(node.test):
+            yield from _import_nodes(node.orelse)
+        else:
+            yield from _import_nodes(ast.iter_child_nodes(node))
+
+
+@functools.lru_cache(maxsize=1024)
+def _import_statements(source: bytes) -> tuple[tuple[int, str | None, tuple[str, ...]], ...]:
+    """``(level, module, names)`` of each import in ``source``: ``import a.b`` is ``(0, None, ("a.b",))``,
+    ``from ..a import b`` is ``(2, "a", ("b",))``. Cached by content: a walk reads the same files again."""
+    return tuple((0, None, tuple(alias.name for alias in node.names)) if isinstance(node, ast.Import)
+                 else (node.level, node.module, tuple(alias.name for alias in node.names))
+                 for node in _import_nodes(ast.parse(source).body))
+
+
+def _imports(root: Path, module: str, path: Path) -> set[str]:
+    """The modules that ``module`` (source: ``path``) imports: ``import a.b`` imports ``a.b``,
+    ``from a import b`` imports ``a``, and ``a.b`` too where that is a module."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found = set()
+    for level, name, names in _import_statements(path.read_bytes()):
+        if name is None and not level:  # import a.b
+            found.update(names)
+            continue
+        source = name or ""
+        if level:  # from . import x, from ..a import b
+            parts = package.split(".")
+            if level > len(parts):
+                raise ImportError(f"{path}: a relative import goes above the top-level package")
+            source = ".".join([*parts[: len(parts) - level + 1], *filter(None, [name])])
+        found.add(source)
+        found.update(f"{source}.{alias}" for alias in names if _module_file(root, f"{source}.{alias}") is not None)
+    return found
+
+
+def code_files(entries: tuple[str, ...], *, skip: tuple[str, ...] = (), root: str | Path | None = None,
+               packages: tuple[str, ...] = PROJECT_PACKAGES) -> list[str]:
+    """The project files that importing the ``entries`` modules runs: sorted paths relative to
+    ``root``, e.g. ``["detector/__init__.py", ..., "pipeline/training/worker.py"]``.
+
+    Found from the import statements in each module's source (parsed, never imported), at any
+    depth, because modules import lazily inside functions; the body of ``if TYPE_CHECKING:``
+    never runs and is not followed. Only modules of ``packages`` count, each with the
+    ``__init__.py`` of every package above it (importing a module runs them first). Modules of
+    the ``skip`` packages are neither followed nor listed.
+
+    ``root``: the folder that holds the packages (default: the one ``pipeline`` is imported from).
+
+    Raises:
+        ModuleNotFoundError: an entry, or a module of ``packages`` that a listed one imports,
+            has no source under ``root``.
+    """
+    root = Path(root) if root is not None else source_dir("pipeline").parent
+    for entry in entries:
+        if _module_file(root, entry) is None:
+            raise ModuleNotFoundError(f"code files: the entry module {entry!r} has no source under {root}",
+                                      name=entry)
+    files: set[Path] = set()
+    seen: set[str] = set()
+    pending = [(entry, "the entries") for entry in entries]
+    while pending:
+        module, importer = pending.pop()
+        if module in seen or not _within(module, packages) or _within(module, skip):
+            continue
+        seen.add(module)
+        parent = module.rpartition(".")[0]
+        if parent:
+            pending.append((parent, importer))
+        path = _module_file(root, module)
+        if path is None:
+            if root.joinpath(*module.split(".")).is_dir():
+                continue  # a namespace package
+            raise ModuleNotFoundError(f"code files: {importer} imports {module!r}, which has no source under {root}",
+                                      name=module)
+        files.add(path)
+        pending.extend((imported, path.relative_to(root).as_posix()) for imported in _imports(root, module, path))
+    return sorted(p.relative_to(root).as_posix() for p in files)
+
+
+def code_fingerprint(entries: tuple[str, ...] = TRAINING_ENTRIES, *, skip: tuple[str, ...] = (),
+                     root: str | Path | None = None) -> str:
+    """SHA-256 over the relative paths and contents of :func:`code_files` of ``entries``.
+
+    The files are read where the imported ``pipeline`` lives (or under ``root``), so the
     fingerprint is of the code that actually runs (and that :mod:`pipeline.driver.cluster`
     ships to the workers).
     """
+    root = Path(root) if root is not None else source_dir("pipeline").parent
     h = hashlib.sha256()
-    for entry in sorted(entries):
-        package, _, rest = entry.partition("/")
-        base = source_dir(package)
-        target = base / rest if rest else base
-        if target.is_file():
-            files = [target]
-        elif target.is_dir():
-            files = sorted(p for p in target.rglob("*.py") if "__pycache__" not in p.parts)
-        else:
-            raise FileNotFoundError(f"code fingerprint: {target} (from {entry!r}) does not exist")
-        for path in files:
-            h.update(f"{package}/{path.relative_to(base).as_posix()}\0".encode())
-            h.update(path.read_bytes())
-            h.update(b"\0")
+    for name in code_files(entries, skip=skip, root=root):
+        h.update(f"{name}\0".encode())
+        h.update((root / name).read_bytes())
+        h.update(b"\0")
     return h.hexdigest()
 
 
@@ -142,13 +246,14 @@ class RunIdentity:
 
 
 def run_identity(keyed_params: dict[str, Any], data_dir: str | Path, *,
-                 code: tuple[str, ...] = TRAINING_CODE) -> RunIdentity:
-    """The identity of a training (or sweep) on ``data_dir`` with the code in ``code``.
+                 entries: tuple[str, ...] = TRAINING_ENTRIES, skip: tuple[str, ...] = ()) -> RunIdentity:
+    """The identity of a training (or sweep) on ``data_dir`` with the code that ``entries`` import
+    (:func:`code_fingerprint`; ``skip``: packages not followed).
 
     ``keyed_params``: the result-changing settings, e.g. :func:`result_params` of the params
     (a sweep adds its search space and trial settings).
     """
     params_digest = hashlib.sha256(json.dumps(keyed_params, sort_keys=True, default=str).encode()).hexdigest()
     versions = library_versions()
-    return RunIdentity(params=params_digest, data=data_fingerprint(data_dir), code=code_fingerprint(code),
+    return RunIdentity(params=params_digest, data=data_fingerprint(data_dir), code=code_fingerprint(entries, skip=skip),
                        torch=versions["torch"], torchvision=versions["torchvision"])

@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
-import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -34,39 +33,20 @@ from typing import Any, Protocol
 
 from ray.train import UserCallback
 
+from pipeline.training.report import HISTORY_KEY, STEPS_KEY, SYSTEM_KEY, epoch_metrics
+from pipeline.training.report import is_number as _number
+
 __all__ = ["HISTORY_KEY", "STEPS_KEY", "SYSTEM_KEY", "EpochReport", "MetricsSink", "MlflowMetrics",
            "ProgressCallback", "epoch_metrics", "merge_system"]
 
 logger = logging.getLogger(__name__)
 
-STEPS_KEY = "steps"  # rank 0's progress rows inside its epoch report
-SYSTEM_KEY = "system"  # a node's system-metric samples (pipeline.tracking.system_metrics), from its local rank 0
-HISTORY_KEY = "history"  # rank 0's epoch rows so far, in its first report after a (re)start
 EPOCH_PREFIX, STEP_PREFIX = "epoch/", "train/"  # MLflow metric names: epoch/loss (step = epoch), train/loss
 # Keys that Ray Tune adds to every result (not training metrics).
 _TUNE_KEYS = {"training_iteration", "time_total_s", "time_this_iter_s", "time_since_restore", "timestamp",
               "timesteps_total", "timesteps_since_restore", "iterations_since_restore", "episodes_total", "pid",
               "done", "date", "hostname", "node_ip", "config", "trial_id", "experiment_tag", "checkpoint_dir_name",
               "checkpoint_path", "should_checkpoint"}
-
-
-def _number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def epoch_metrics(row: dict[str, Any], steps: list[dict[str, float]] | None,
-                  system: list[dict[str, Any]] | None = None,
-                  history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """What a rank reports at the end of an epoch: the row's numbers, plus rank 0's ``steps``
-    (and ``history``), plus a node's system-metric samples."""
-    out: dict[str, Any] = {k: v for k, v in row.items() if _number(v)}
-    if steps is not None:
-        out[STEPS_KEY] = [dict(s) for s in steps]
-    if system:
-        out[SYSTEM_KEY] = [dict(s) for s in system]
-    if history is not None:
-        out[HISTORY_KEY] = [{k: v for k, v in r.items() if _number(v)} for r in history]
-    return out
 
 
 def merge_system(metrics_per_rank: list[dict[str, Any]]) -> dict[str, Any]:

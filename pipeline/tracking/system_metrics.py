@@ -32,7 +32,10 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["PREFIX", "NodeSampler", "SampleSteps", "SystemMetricsSettings", "driver_monitor", "node_name",
+from pipeline.training.engine import HookBase
+from pipeline.training.report import SYSTEM_KEY
+
+__all__ = ["PREFIX", "NodeMetrics", "NodeSampler", "SampleSteps", "SystemMetricsSettings", "driver_monitor", "node_name",
            "run_monitor", "this_node", "worker_sampler"]
 
 PREFIX = "system/"  # MLflow's namespace of system metrics (the UI's "System metrics" tab)
@@ -292,3 +295,27 @@ def run_monitor(run: Mapping[str, str] | None, interval_s: float) -> contextlib.
     if run is None:
         return contextlib.nullcontext()
     return driver_monitor(run["run_id"], run["tracking_uri"], interval_s)
+
+
+class NodeMetrics(HookBase):
+    """A training hook the driver adds to every worker: the local rank 0 of each node that is sampled
+    (:func:`worker_sampler`) samples it in the background and adds the samples to each epoch's report;
+    the sampler stops when training ends, however it ends."""
+
+    def __init__(self, settings: SystemMetricsSettings):
+        self.settings = settings
+        self._sampler: NodeSampler | None = None
+
+    def before_train(self) -> None:
+        import ray.train
+
+        self._sampler = worker_sampler(self.settings, ray.train.get_context().get_local_rank())
+
+    def after_epoch(self) -> None:
+        if self._sampler is not None:
+            self.trainer.report[SYSTEM_KEY] = self._sampler.drain()
+
+    def after_train(self) -> None:
+        if self._sampler is not None:
+            self._sampler.stop()
+            self._sampler = None

@@ -2,7 +2,7 @@
 
 A checkpoint directory holds one file, ``state.pt``: model, optimiser, scheduler and
 grad-scaler state, the number of completed epochs, the global step, rank 0's RNG
-states, the model config, the world size it was written with and the per-epoch history
+states, the sampler's epoch and the loader's seed, the model config, the world size it was written with and the per-epoch history
 (so a resumed run keeps its curve).
 
 Checkpoints live on shared storage, so they are plain data only (tensors, numbers, strings,
@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["STATE_FILE", "CheckpointError", "load_state", "rng_state", "save_state", "seed_everything"]
+__all__ = ["STATE_FILE", "CheckpointError", "load_state", "rng_state", "save_state", "seed_everything",
+           "set_rng_state"]
 
 STATE_FILE = "state.pt"
 REQUIRED_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "global_step", "history", "model_config",
@@ -45,11 +46,25 @@ def seed_everything(seed: int, epoch: int, rank: int) -> None:
 
 
 def rng_state() -> dict[str, Any]:
+    """This process's torch, NumPy and Python RNG states, as plain data (``weights_only``-loadable)."""
+    _, keys, pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002 (the global RNG libraries use)
+    version, internal, gauss_next = random.getstate()
     return {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state()[1].tolist(),  # noqa: NPY002
-        "python": repr(random.getstate()),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                  "cached_gaussian": float(cached)},
+        "python": {"version": version, "state": list(internal), "gauss_next": gauss_next},
     }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
+    torch.set_rng_state(state["torch"])
+    numpy_state = state["numpy"]
+    np.random.set_state(("MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],  # noqa: NPY002
+                         numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
+    python_state = state["python"]
+    random.setstate((python_state["version"], tuple(python_state["state"]), python_state["gauss_next"]))
 
 
 def save_state(directory: str | Path, state: dict[str, Any]) -> Path:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.driver import storage
-from pipeline.driver.identity import SWEEP_CODE, RunIdentity, run_identity
+from pipeline.driver.identity import SWEEP_ENTRIES, SWEEP_SKIP, RunIdentity, run_identity
 from pipeline.environ import env_restored
 from pipeline.params import Params, params_from_dict
 from pipeline.tracking.system_metrics import run_monitor
@@ -85,8 +85,9 @@ def trial_base(params: Params) -> dict[str, Any]:
 
 
 def sweep_identity(params: Params, data_dir: str | Path) -> RunIdentity:
-    """What the sweep's results depend on: the trials' params, the sweep settings, the data and
-    the code (:data:`pipeline.driver.identity.SWEEP_CODE`) and torch/torchvision.
+    """What the sweep's results depend on: the trials' params, the sweep settings, the data, the
+    code that the workers and the sweep import (:data:`pipeline.driver.identity.SWEEP_ENTRIES`;
+    not the driver side or tracking) and torch/torchvision.
 
     ``max_concurrent_trials`` and where things are stored or tracked are left out: they do not
     change the results.
@@ -97,7 +98,7 @@ def sweep_identity(params: Params, data_dir: str | Path) -> RunIdentity:
              "validation": [base["evaluate"][k] for k in ("batch_size", "score_threshold")],
              "workers": [base["ray"][k] for k in ("num_workers", "use_gpu")], "tune": tune}
     keyed["named"] = named_values(params, parse_space(params.tune.space))  # what `fitted` stands for now
-    return run_identity(keyed, data_dir, code=SWEEP_CODE)
+    return run_identity(keyed, data_dir, entries=SWEEP_ENTRIES, skip=SWEEP_SKIP)
 
 
 def experiment_name(params: Params, data_dir: str | Path) -> str:

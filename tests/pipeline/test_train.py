@@ -33,18 +33,18 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from worker_hooks import ExitAt, HangAt, PoisonAt, Record, read_records
 
 from pipeline.cli import main
 
 pytestmark = pytest.mark.slow
 
 
-def _records(debug_dir: Path) -> dict[int, list[dict]]:
-    """What each rank recorded (test hook ``DETPIPE_DEBUG_DIR``), in order."""
-    out = {}
-    for path in sorted(debug_dir.glob("rank*.jsonl")):
-        out[int(path.stem[4:])] = [json.loads(line) for line in path.read_text().splitlines()]
-    return out
+def _stage_hooks(monkeypatch, *hooks) -> None:
+    """Run the ``train`` stage's :func:`pipeline.driver.fit` with these worker hooks (:mod:`worker_hooks`)."""
+    import pipeline.driver
+
+    monkeypatch.setattr(pipeline.driver, "fit", functools.partial(pipeline.driver.runner.fit, hooks=list(hooks)))
 
 
 @pytest.fixture
@@ -106,7 +106,7 @@ def test_stage_resume_fault_tolerance_and_mlflow(tmp_path, tiny_coco, tiny_param
     shutil.copytree(tiny_coco, tmp_path / "data" / "prepared")
     debug = tmp_path / "debug"
     debug.mkdir()
-    monkeypatch.setenv("DETPIPE_DEBUG_DIR", str(debug))
+    _stage_hooks(monkeypatch, Record(debug))
     params = tiny_params_yaml([
         "ray.num_workers=2", "ray.storage_path=ray_results", f"mlflow.tracking_uri={mlflow_server}",
         "mlflow.experiment_name=stage-test", "train.val_every=2",
@@ -119,7 +119,7 @@ def test_stage_resume_fault_tolerance_and_mlflow(tmp_path, tiny_coco, tiny_param
     assert "epoch 1/1 step 2/2 loss" in console and "[train] done: 1 epochs" in console
     assert console_noise(console) == [], console
     assert json.loads(Path("dvclive/metrics.json").read_text())["step"] == 1
-    records = _records(debug)
+    records = read_records(debug)
     assert sorted(records) == [0, 1]
     seen = [set(next(r for r in records[rank] if r["event"] == "epoch0")["image_ids"]) for rank in (0, 1)]
     assert not seen[0] & seen[1], "two ranks trained on the same image in one epoch"
@@ -136,14 +136,14 @@ def test_stage_resume_fault_tolerance_and_mlflow(tmp_path, tiny_coco, tiny_param
     # --- same run, 3 epochs: resumes after epoch 1; a worker dies once at the start of epoch 3
     shutil.rmtree(debug)
     debug.mkdir()
-    monkeypatch.setenv("DETPIPE_FAULT_AT_STEP", "4")  # global step 4 = first step of epoch 3
-    monkeypatch.setenv("DETPIPE_FAULT_MARKER", str(tmp_path / "fault-fired"))
+    # global step 4 = first step of epoch 3; rank 1 exits once
+    _stage_hooks(monkeypatch, Record(debug), ExitAt(4, rank=1, marker=tmp_path / "fault-fired"))
     monkeypatch.setenv("DVC_EXP_NAME", "exp-tiny")  # as under `dvc exp run`
     with _Watch(tmp_path / "dvclive" / "metrics.json") as live:
         assert main(["train", "--params", str(params), "--run-name", "run-a", "--set", "train.epochs=3",
                      "--set", "mlflow.log_model=true", "--set", "mlflow.registered_model_name=tiny-frcnn"]) == 0
     assert (tmp_path / "fault-fired").exists()
-    starts = [r for r in _records(debug)[0] if r["event"] == "start"]
+    starts = [r for r in read_records(debug)[0] if r["event"] == "start"]
     # resumed after epoch 1, then restarted from the latest persisted checkpoint after the fault: epoch 2's
     # report, made a moment before the crash, may not have been persisted yet (epochs are idempotent)
     assert [s["start_epoch"] for s in starts] in ([1, 2], [1, 1]), starts
@@ -260,7 +260,6 @@ def test_cluster_preflight_elastic_training_tracking_and_non_finite_loss(tmp_pat
         assert ray.get_runtime_context().get_node_id() == cluster.head_node.node_id
         debug = tmp_path / "debug"
         debug.mkdir()
-        monkeypatch.setenv("DETPIPE_DEBUG_DIR", str(debug))
         common = {"storage_path": str(tmp_path / "ray"), "root": tmp_path}
 
         # --- preflight: what can never succeed fails at once, naming what to change
@@ -275,12 +274,12 @@ def test_cluster_preflight_elastic_training_tracking_and_non_finite_loss(tmp_pat
         message = str(err.value)
         assert f"node {node_b.node_id[:12]} (127.0.0.1): data_dir {only_on_a}: no such folder" in message
         assert node_a.node_id[:12] not in message and "1 of 2 node(s)" in message
-        assert not (tmp_path / "ray" / "data-on-one-node").exists() and not _records(debug)  # nothing started
+        assert not (tmp_path / "ray" / "data-on-one-node").exists() and not read_records(debug)  # nothing started
 
         # --- elastic training, [1, 2] workers: one per worker node; node B is killed during epoch 2
         # (a worker hangs at its first step, so the kill lands mid-epoch) and the run finishes on node A
-        monkeypatch.setenv("DETPIPE_HANG_AT_STEP", "2")  # 8 images / (2 workers x 2): epoch 2 starts at step 2
-        monkeypatch.setenv("DETPIPE_FAULT_MARKER", str(tmp_path / "hung"))
+        # 8 images / (2 workers x 2): epoch 2 starts at global step 2
+        hooks = [Record(debug), HangAt(2, marker=tmp_path / "hung")]
         params = tiny_params("ray.num_workers=[1,2]", "ray.max_failures=1", "train.epochs=3", "train.val_every=0",
                              "train.lr_scaling=linear", "train.reference_batch_size=4")
         uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # the default store of root=tmp_path
@@ -295,11 +294,11 @@ def test_cluster_preflight_elastic_training_tracking_and_non_finite_loss(tmp_pat
 
         killer = threading.Thread(target=kill_node_b_when_hung, daemon=True)
         killer.start()
-        result = fit(params, run_name="elastic", data_dir=tiny_coco, **common)
+        result = fit(params, run_name="elastic", data_dir=tiny_coco, hooks=hooks, **common)
         killer.join(timeout=10)
         assert node_b not in cluster.worker_nodes, "node B was not killed"
 
-        records = _records(debug)
+        records = read_records(debug)
         starts = [r for rank in sorted(records) for r in records[rank] if r["event"] == "start"]
         first = [s for s in starts if s["world_size"] == 2]
         last = [s for s in starts if s["world_size"] == 1]
@@ -338,9 +337,8 @@ def test_cluster_preflight_elastic_training_tracking_and_non_finite_loss(tmp_pat
         assert all(steps == list(range(len(steps))) for steps in streams.values()), streams
 
         # --- a NaN loss names the step (node A only now)
-        monkeypatch.setenv("DETPIPE_NONFINITE_AT_STEP", "1")
         with pytest.raises(NonFiniteLossError, match=r"epoch 1, step 2 \(global step 2\).*total=nan"):
-            fit(tiny_params("train.val_every=0"), run_name="nan", data_dir=tiny_coco, **common)
+            fit(tiny_params("train.val_every=0"), run_name="nan", data_dir=tiny_coco, hooks=[PoisonAt(1)], **common)
     finally:
         ray.shutdown()
         cluster.shutdown()
