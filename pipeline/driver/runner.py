@@ -240,18 +240,21 @@ def build_trainer(params: Params, *, run_name: str, storage_path: str, data_dir:
                   system: SystemMetricsSettings | None = None) -> Any:
     """The ``TorchTrainer`` of one run: ``params.ray``'s workers, failures, checkpoints.
 
-    The workers receive ``train_loop_config`` ``{"params", "data_dir", "system_metrics",
-    "hooks"}``: ``system`` says what they sample, ``hooks`` are registered on their trainer.
+    The workers receive ``train_loop_config`` ``{"params", "data_dir", "hooks"}``: ``hooks`` are
+    registered on their trainer, after them :class:`~pipeline.tracking.system_metrics.NodeMetrics`
+    when ``system`` says what they sample.
     """
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from pipeline.tracking.system_metrics import NodeMetrics
+
     rp = params.ray
     score = rp.checkpoint_score_attribute
+    hooks = [*hooks, NodeMetrics(system)] if system is not None else list(hooks)
     return TorchTrainer(
         _train_fn,
-        train_loop_config={"params": params, "data_dir": str(data_dir), "system_metrics": system,
-                           "hooks": list(hooks)},
+        train_loop_config={"params": params, "data_dir": str(data_dir), "hooks": hooks},
         scaling_config=ray.train.ScalingConfig(num_workers=rp.scaling_num_workers(), use_gpu=rp.use_gpu,
                                                resources_per_worker=_resources_per_worker(params)),
         torch_config=TorchConfig(backend="nccl" if rp.use_gpu else "gloo"),

@@ -64,6 +64,6 @@ def test_the_trainer_sends_params_data_and_hooks_to_the_workers(tiny_params, tmp
     trainer = runner.build_trainer(tiny_params("ray.num_workers=2", "ray.max_failures=3"), run_name="r",
                                    storage_path=str(tmp_path), data_dir=tmp_path, hooks=[hook])
     config = trainer.train_loop_config
-    assert config["hooks"] == [hook] and config["data_dir"] == str(tmp_path) and config["system_metrics"] is None
+    assert config["hooks"] == [hook] and config["data_dir"] == str(tmp_path)
     assert config["params"].ray.num_workers == 2 and "debug" not in config
     assert trainer.scaling_config.num_workers == 2 and trainer.run_config.failure_config.max_failures == 3
