@@ -41,6 +41,7 @@ __all__ = ["SweepOutcome", "experiment_name", "run_sweep", "trial_base"]
 logger = logging.getLogger(__name__)
 
 TRIALS_CSV, BEST_PARAMS, PLOT = "trials.csv", "best_params.yaml", "ap_vs_params.png"
+STATE_FILE = "sweep.json"  # in the experiment folder: our own state (the MLflow parent run, complete or not)
 METRICS = ["AP50", "AP", "AP75"]
 
 
@@ -141,7 +142,7 @@ def run_sweep(params: Params, *, data_dir: str | Path = "data/prepared", out_dir
     storage_path = driver.resolve_storage_path(params.ray.storage_path, root)
     tune_storage = storage.join(storage_path, "tune")
     experiment_path = storage.join(tune_storage, sweep_id)
-    state_path = storage.join(experiment_path, "sweep.json")   # our own state: the MLflow parent run
+    state_path = storage.join(experiment_path, STATE_FILE)
     total = num_trials(params, dims)
     base = trial_base(params)
     state = storage.read_json(state_path) or {}
@@ -173,39 +174,65 @@ def run_sweep(params: Params, *, data_dir: str | Path = "data/prepared", out_dir
             params={"tune": params.to_dict()["tune"], "data_dir": str(data_dir)},
             tags={f"tune.{k}": v for k, v in identity.tags().items()},
         )
-        if resumed:
-            logger.info("resuming sweep %s from %s (MLflow run %s)", sweep_id, experiment_path, parent["run_id"])
-            tuner = tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True, resume_errored=True)
-        else:
-            logger.info("sweep %s: %s trial(s) of %s epoch(s), %s search, ASHA on %s -> %s (MLflow run %s)",
-                        sweep_id, total, t.epochs, t.search, t.metric, experiment_path, parent["run_id"])
-            tracker = tracking.TrialTracker(
-                tracking_uri=tracking_uri, parent_run_id=parent["run_id"],
-                experiment_name=params.mlflow.experiment_name, root=str(root), spec=spec,
-                tags={"tune.sweep_id": sweep_id, **identity.tags()})
-            tuner = _new_tuner(params, dims, trainable, tune_storage, sweep_id, tracker)
-            storage.write_json(state_path, {"parent_run_id": parent["run_id"], "tracking_uri": tracking_uri,
-                                            "sweep_id": sweep_id, "trials": total, "identity": identity.to_dict()})
+        tuner = _tuner(params, dims, trainable, spec, parent, resumed=resumed, identity=identity,
+                       tune_storage=tune_storage, total=total)
         with _lenient_metric_check(), run_monitor(parent if params.mlflow.system_metrics else None,
                                                   params.mlflow.system_metrics_interval_s):
             grid = tuner.fit()
-        done = _trials_done(experiment_path)
-        if done < total:
-            logger.info("sweep interrupted after %s/%s trial(s); rerun the same command to resume "
-                        "(or add --fresh to start over)", done, total)
-            tracking.mark_interrupted(parent)
-            return SweepOutcome(experiment_path, sweep_id, complete=False, resumed=resumed,
-                                mlflow_run_id=parent["run_id"])
-        outcome = _finish(params, dims, grid, parent, Path(out_dir), sweep_id, experiment_path, resumed)
-        storage.write_json(state_path, {**(storage.read_json(state_path) or {}), "complete": True})
-        logger.info("best trial %s: %s = %s; train it with:\n  %s", outcome.best.trial_id if outcome.best else None,
-                    t.metric, outcome.best.last(t.metric) if outcome.best else None, outcome.train_command)
-        return outcome
+        return _conclude(params, dims, grid, parent, out_dir=Path(out_dir), sweep_id=sweep_id,
+                         experiment_path=experiment_path, resumed=resumed, total=total)
     finally:
         if started:
             import ray
 
             ray.shutdown()
+
+
+def _tuner(params: Params, dims: list[Dimension], trainable: Any, spec: TrialSpec, parent: dict[str, str], *,
+           resumed: bool, identity: RunIdentity, tune_storage: str, total: int) -> Any:
+    """The sweep's ``Tuner``: the interrupted one restored, or a new one with the MLflow tracker of
+    its trials (the sweep's state file then names the parent run)."""
+    from ray import tune
+
+    from pipeline.tracking import trials as tracking
+
+    t, sweep_id = params.tune, spec.sweep_id
+    experiment_path = storage.join(tune_storage, sweep_id)
+    if resumed:
+        logger.info("resuming sweep %s from %s (MLflow run %s)", sweep_id, experiment_path, parent["run_id"])
+        return tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True, resume_errored=True)
+    logger.info("sweep %s: %s trial(s) of %s epoch(s), %s search, ASHA on %s -> %s (MLflow run %s)",
+                sweep_id, total, t.epochs, t.search, t.metric, experiment_path, parent["run_id"])
+    tracker = tracking.TrialTracker(
+        tracking_uri=parent["tracking_uri"], parent_run_id=parent["run_id"],
+        experiment_name=params.mlflow.experiment_name, root=spec.root, spec=spec,
+        tags={"tune.sweep_id": sweep_id, **identity.tags()})
+    tuner = _new_tuner(params, dims, trainable, tune_storage, sweep_id, tracker)
+    storage.write_json(storage.join(experiment_path, STATE_FILE), {
+        "parent_run_id": parent["run_id"], "tracking_uri": parent["tracking_uri"], "sweep_id": sweep_id,
+        "trials": total, "identity": identity.to_dict()})
+    return tuner
+
+
+def _conclude(params: Params, dims: list[Dimension], grid: Any, parent: dict[str, str], *, out_dir: Path,
+              sweep_id: str, experiment_path: str, resumed: bool, total: int) -> SweepOutcome:
+    """After ``tuner.fit()``: an interrupted sweep's parent run marked so, or every trial done and the
+    outputs written (:func:`_finish`) and the sweep's state marked complete."""
+    from pipeline.tracking import trials as tracking
+
+    done = _trials_done(experiment_path)
+    if done < total:
+        logger.info("sweep interrupted after %s/%s trial(s); rerun the same command to resume "
+                    "(or add --fresh to start over)", done, total)
+        tracking.mark_interrupted(parent)
+        return SweepOutcome(experiment_path, sweep_id, complete=False, resumed=resumed, mlflow_run_id=parent["run_id"])
+    outcome = _finish(params, dims, grid, parent, out_dir, sweep_id, experiment_path, resumed)
+    state_path = storage.join(experiment_path, STATE_FILE)
+    storage.write_json(state_path, {**(storage.read_json(state_path) or {}), "complete": True})
+    best = outcome.best
+    logger.info("best trial %s: %s = %s; train it with:\n  %s", best.trial_id if best else None, params.tune.metric,
+                best.last(params.tune.metric) if best else None, outcome.train_command)
+    return outcome
 
 
 def _new_tuner(params: Params, dims: list[Dimension], trainable: Any, tune_storage: str, sweep_id: str,
