@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 
+from pipeline.console import setup_console
 from pipeline.params import ParamsError, load_params
 
 STAGES = {
@@ -60,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     # MLflow announces creating/migrating a new sqlite store ("Creating initial MLflow database
     # tables...") at INFO: internals, not about the run. Its warnings still show.
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    setup_console()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

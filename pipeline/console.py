@@ -18,7 +18,7 @@ __all__ = ["STAGE_OF_PACKAGE", "setup_console"]
 
 # Logger name prefix -> the stage word printed in brackets (first match wins).
 STAGE_OF_PACKAGE = (
-    ("pipeline.tuning", "tune"), ("pipeline.tune", "tune"),
+    ("pipeline.tuning", "tune"), ("pipeline.tune", "tune"), ("pipeline.tracking.trials", "tune"),
     ("pipeline.training", "train"), ("pipeline.driver", "train"), ("pipeline.tracking", "train"),
     ("pipeline.train", "train"),
 )

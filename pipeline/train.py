@@ -1,7 +1,7 @@
 """``python -m pipeline train``: the DVC ``train`` stage.
 
 Reads ``model``, ``train``, ``ray``, ``mlflow`` and ``data.resize`` from the params, trains with
-Ray Train (:func:`pipeline.training.fit`) and writes:
+Ray Train (:func:`pipeline.driver.fit`) and writes:
 
 - ``models/model.pt``: a ``detector`` checkpoint with the class names,
 - ``models/mlflow_run.json``: ``{"run_id", "tracking_uri", "experiment_id"}`` so evaluation
@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
 from pathlib import Path
 
 from pipeline.params import Params
+
+logger = logging.getLogger(__name__)
 
 MODEL_PATH = Path("models/model.pt")
 MLFLOW_RUN_PATH = Path("models/mlflow_run.json")
@@ -70,13 +73,13 @@ def run(params: Params, args: argparse.Namespace) -> int:
 
     workers = params.ray.num_workers
     workers = f"{workers[0]}..{workers[1]}" if isinstance(workers, list) else workers
-    _say(f"run {run_name}: {workers} worker(s), storage {storage_path}")
+    logger.info("run %s: %s worker(s), storage %s", run_name, workers, storage_path)
     live = DvcLiveMetrics(LIVE_DIR, epochs=params.train.epochs)  # absolute: the sink runs in Ray's controller
     ray_was_running = ray.is_initialized()
     try:
-        result = driver.fit(params, run_name=run_name, storage_path=storage_path, data_dir=data_dir,
-                            reports_dir=REPORTS_DIR, artifacts=artifacts, tags=tags, root=root, identity=identity,
-                            sinks=[live])
+        tracking = driver.Tracking(tags=tags, artifacts=artifacts, sinks=[live], reports_dir=REPORTS_DIR)
+        result = driver.fit(params, run_name=run_name, storage_path=storage_path, data_dir=data_dir, root=root,
+                            tracking=tracking, identity=identity)
     except (driver.PreflightError, driver.TrainingError, NonFiniteLossError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -97,14 +100,10 @@ def run(params: Params, args: argparse.Namespace) -> int:
         live.write(result.history)
     s = result.summary
     if result.reused:
-        _say(f"model of the finished run {result.run_name} -> {MODEL_PATH}, MLflow run "
-             f"{(result.mlflow_run or {}).get('run_id')}")
+        logger.info("model of the finished run %s -> %s, MLflow run %s", result.run_name, MODEL_PATH,
+                    (result.mlflow_run or {}).get("run_id"))
         return 0
-    _say(f"done: {s['epochs']} epochs, loss {s.get('loss', float('nan')):.3f}, {s['images_per_s']:.1f} img/s, "
-         f"{s['wall_time_s']:.0f}s; model -> {MODEL_PATH}, MLflow run {result.mlflow_run['run_id']}"
-         + (f" (model {result.model_uri})" if result.model_uri else ""))
+    logger.info("done: %s epochs, loss %.3f, %.1f img/s, %.0fs; model -> %s, MLflow run %s%s", s["epochs"],
+                s.get("loss", float("nan")), s["images_per_s"], s["wall_time_s"], MODEL_PATH,
+                result.mlflow_run["run_id"], f" (model {result.model_uri})" if result.model_uri else "")
     return 0
-
-
-def _say(message: str) -> None:
-    print(f"[train] {message}", file=sys.stderr, flush=True)

@@ -16,10 +16,13 @@ Rerunning the same command resumes an interrupted sweep; ``--fresh`` starts over
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
 from pipeline.params import Params, ParamsError
+
+logger = logging.getLogger(__name__)
 
 OUT_DIR = Path("reports/tune")
 
@@ -63,8 +66,7 @@ def run(params: Params, args: argparse.Namespace) -> int:
         from pipeline.tuning.sweep import run_sweep
 
         try:
-            outcome = run_sweep(params, data_dir=data_dir, out_dir=out_dir, fresh=getattr(args, "fresh", False),
-                                log=_say)
+            outcome = run_sweep(params, data_dir=data_dir, out_dir=out_dir, fresh=getattr(args, "fresh", False))
         except (PreflightError, TrainingError, FileNotFoundError, RuntimeError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
@@ -78,7 +80,7 @@ def run(params: Params, args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     for name, path in outcome.outputs.items():
-        _say(f"{name}: {path}")
+        logger.info("%s: %s", name, path)
     return 0
 
 
@@ -93,10 +95,6 @@ def _apply(params: Params, out_dir: Path) -> int:
     target = Path(params.source_path or "params.yaml")
     keys = [dim.key for dim in parse_space(params.tune.space)]
     changes = apply_best_params(best, target, keys)
-    _say(f"wrote the best trial's {', '.join(changes)} into {target}; train it with `dvc repro` "
-         f"(or `dvc exp run`)")
+    logger.info("wrote the best trial's %s into %s; train it with `dvc repro` (or `dvc exp run`)",
+                ", ".join(changes), target)
     return 0
-
-
-def _say(message: str) -> None:
-    print(f"[tune] {message}", flush=True)

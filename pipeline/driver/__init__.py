@@ -2,6 +2,7 @@
 
 - ``runner.fit``: one training run with Ray Train (DDP) around the worker side
   (:mod:`pipeline.training`), tracked on the driver's side (:mod:`pipeline.tracking`);
+  ``record``: what a run folder says about its run (status, identity, final checkpoint);
 - ``identity``: what a result depends on (params, data, the code the workers import,
   torch/torchvision), from which runs are named and reused;
 - ``preflight``: checks that fail fast before anything trains; ``cluster``: connecting to Ray and
@@ -13,9 +14,9 @@ call :func:`fit`.
 
 from pipeline.driver.cluster import ensure_ray
 from pipeline.driver.preflight import PreflightError, preflight
-from pipeline.driver.runner import TrainingError, TrainResult, default_run_name, fit
+from pipeline.driver.runner import Tracking, TrainingError, TrainResult, build_trainer, default_run_name, fit
 from pipeline.driver.storage import resolve_storage_path
 from pipeline.training.losses import NonFiniteLossError
 
-__all__ = ["NonFiniteLossError", "PreflightError", "TrainResult", "TrainingError", "default_run_name", "ensure_ray",
-           "fit", "preflight", "resolve_storage_path"]
+__all__ = ["NonFiniteLossError", "PreflightError", "Tracking", "TrainResult", "TrainingError", "build_trainer",
+           "default_run_name", "ensure_ray", "fit", "preflight", "resolve_storage_path"]

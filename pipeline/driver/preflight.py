@@ -14,14 +14,19 @@ On an autoscaling cluster (the autoscaler reports node types that can still be s
 too few workers fitting *now* is only a warning: Ray Train asks the autoscaler and waits.
 Nodes that join later are not checked here; the training loop checks ``data_dir`` again when
 it starts on them.
+
+What "the data is readable on a node" means is :func:`check_data_files`, run on each node; a
+caller may pass another check (``preflight(..., data_check=...)``, any picklable function of a
+:class:`DataManifest` returning the problems found), e.g. to stand in for a node without the
+data on a one-machine test cluster.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,13 +35,11 @@ from typing import Any
 
 from pipeline.params import Params
 
-__all__ = ["NodeShape", "PreflightError", "check_capacity", "check_data_files", "cluster_shapes", "preflight",
-           "worker_request"]
+__all__ = ["DataCheck", "DataManifest", "NodeShape", "PreflightError", "check_capacity", "check_data_files",
+           "cluster_shapes", "preflight", "worker_request"]
 
-# Test hook, read on each node (in the environment its raylet was started with): paths listed
-# here (os.pathsep-separated) are treated as missing on that node, to simulate a node without
-# the data on a one-machine test cluster.
-HIDE_PATHS_ENV = "DETPIPE_DEBUG_HIDE_PATHS"
+logger = logging.getLogger(__name__)
+
 NODE_CHECK_TIMEOUT_S = 300.0  # the first task on a node also sets up the runtime environment
 _SAMPLE_IMAGES = 3             # image files per split checked on every node
 
@@ -165,19 +168,19 @@ def data_manifest(data_dir: Path, samples: int = _SAMPLE_IMAGES) -> DataManifest
     return manifest
 
 
-def check_data_files(manifest: DataManifest, hidden: tuple[str, ...] = ()) -> list[str]:
+# A node's data check: the problems reading a manifest on this node, empty when all is well.
+DataCheck = Callable[[DataManifest], list[str]]
+
+
+def check_data_files(manifest: DataManifest) -> list[str]:
     """Problems reading ``manifest`` here (empty when all is well). Runs on every node."""
     root = Path(manifest.data_dir)
     problems = []
-
-    def missing(path: Path) -> bool:
-        return any(str(path).startswith(h) for h in hidden if h) or not path.exists()
-
-    if missing(root):
+    if not root.exists():
         return [f"{root}: no such folder"]
     for split, digest in manifest.digests.items():
         path = root / split
-        if missing(path):
+        if not path.exists():
             problems.append(f"{path}: not found")
             continue
         try:
@@ -193,7 +196,7 @@ def check_data_files(manifest: DataManifest, hidden: tuple[str, ...] = ()) -> li
     for name in manifest.images:
         path = root / name
         try:
-            if missing(path):
+            if not path.exists():
                 raise FileNotFoundError("not found")
             with path.open("rb") as f:
                 f.read(1)
@@ -202,16 +205,16 @@ def check_data_files(manifest: DataManifest, hidden: tuple[str, ...] = ()) -> li
     return problems
 
 
-def _node_check(manifest: DataManifest, storage_probe: str | None, versions: dict[str, str]) -> dict[str, Any]:
+def _node_check(manifest: DataManifest, storage_probe: str | None, versions: dict[str, str],
+                data_check: DataCheck = check_data_files) -> dict[str, Any]:
     """The task run on each node: what this node cannot do, by area."""
     import ray
 
     from pipeline.driver import identity, storage
 
-    hidden = tuple(p for p in os.environ.get(HIDE_PATHS_ENV, "").split(os.pathsep) if p)
     out: dict[str, Any] = {"node_id": ray.get_runtime_context().get_node_id(), "data": [], "storage": [],
                            "versions": []}
-    out["data"] = check_data_files(manifest, hidden)
+    out["data"] = data_check(manifest)
     if storage_probe is not None:
         try:
             if not storage.exists(storage_probe):
@@ -224,11 +227,11 @@ def _node_check(manifest: DataManifest, storage_probe: str | None, versions: dic
 
 
 def check_nodes(nodes: list[NodeShape], manifest: DataManifest, storage_path: str,
-                timeout_s: float = NODE_CHECK_TIMEOUT_S) -> None:
+                timeout_s: float = NODE_CHECK_TIMEOUT_S, data_check: DataCheck = check_data_files) -> None:
     """Run :func:`_node_check` on each of ``nodes``; raise one :class:`PreflightError` listing every problem.
 
     The driver's own node is checked in this process (same files, same libraries); every other
-    node by a tiny task pinned to it.
+    node by a tiny task pinned to it, which runs ``data_check`` there.
     """
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -242,13 +245,13 @@ def check_nodes(nodes: list[NodeShape], manifest: DataManifest, storage_path: st
         refs = {node.node_id: task.options(
                     num_cpus=0, max_retries=0,
                     scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),
-                ).remote(manifest, probe, identity.library_versions())
+                ).remote(manifest, probe, identity.library_versions(), data_check)
                 for node in nodes if node.node_id != here}
         ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s) if refs else ([], [])
         results: dict[str, dict[str, Any]] = {}
         for node in nodes:
             if node.node_id == here:
-                results[here] = {"data": check_data_files(manifest), "storage": [], "versions": []}
+                results[here] = {"data": data_check(manifest), "storage": [], "versions": []}
                 continue
             ref = refs[node.node_id]
             if ref not in ready:
@@ -281,8 +284,11 @@ def check_nodes(nodes: list[NodeShape], manifest: DataManifest, storage_path: st
 
 
 def preflight(params: Params, *, storage_path: str, tracking_uri: str | None, data_dir: Path,
-              log: Callable[[str], None] = print) -> None:
-    """Every check of this module (see there), cheapest first. ``tracking_uri=None``: no tracking check."""
+              data_check: DataCheck = check_data_files) -> None:
+    """Every check of this module (see there), cheapest first. ``tracking_uri=None``: no tracking check.
+
+    ``data_check`` runs on every node that can run a worker (default: :func:`check_data_files`).
+    """
     from pipeline.driver import storage
     from pipeline.tracking import mlflow_runs as tracking
 
@@ -290,7 +296,7 @@ def preflight(params: Params, *, storage_path: str, tracking_uri: str | None, da
     request = worker_request(params)
     shapes = cluster_shapes()
     for warning in check_capacity(request, rp.min_workers, rp.max_workers, shapes):
-        log(f"warning: {warning}")
+        logger.warning(warning)
     try:
         storage.check_writable(storage_path)
     except storage.StorageError as err:
@@ -301,4 +307,4 @@ def preflight(params: Params, *, storage_path: str, tracking_uri: str | None, da
         except RuntimeError as err:
             raise PreflightError(str(err)) from err
     nodes = [s for s in shapes if s.alive and workers_fitting(request, s.resources) >= 1]
-    check_nodes(nodes, data_manifest(data_dir), storage_path)
+    check_nodes(nodes, data_manifest(data_dir), storage_path, data_check=data_check)

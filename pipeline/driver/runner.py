@@ -1,16 +1,22 @@
 """The driver: run identity, preflight checks, the ``TorchTrainer``, tracking and the final model.
 
-Layer 2 of 3: ``loop.train_loop_per_worker`` runs on every DDP rank (layer 1); :func:`fit`
-builds and runs the ``TorchTrainer`` around it; the ``train`` stage (``pipeline/train.py``)
-and the Tune sweep (layer 3, one :func:`fit` per trial) call :func:`fit`.
+Layer 2 of 3: ``pipeline.training.worker.train_loop_per_worker`` runs on every DDP rank
+(layer 1); :func:`fit` builds (:func:`build_trainer`) and runs the ``TorchTrainer`` around it;
+the ``train`` stage (``pipeline/train.py``) and the Tune sweep (layer 3, one :func:`fit` per
+trial) call :func:`fit`. A fresh run and a reused one end in the same :func:`_finish`: the
+model, history, summary and reports read back from the final checkpoint.
 
 Identity and resuming: the stage names its run ``train-<digest>`` from everything the result
 depends on (:mod:`pipeline.driver.identity`: params, data, code, torch/torchvision). Ray
 Train V2 resumes a run when ``fit`` is called again with the same ``RunConfig(name,
 storage_path)``, so an interrupted run with identical inputs resumes, and any change (a code
-edit included) starts a new run. Each run folder holds a record (:data:`RUN_RECORD`) of its
-identity and status; a *finished* run with identical inputs is reused as it is ("reusing
-finished run X": nothing is trained, logged or registered again).
+edit included) starts a new run. Each run folder holds a record
+(:class:`~pipeline.driver.record.RunRecord`) of its identity and status; a *finished* run with
+identical inputs is reused as it is ("reusing finished run X": nothing is trained, logged or
+registered again).
+
+Test-only behaviour stays out of this module: a test passes its own worker ``hooks`` (fault
+injection, records of what each rank did) and its own preflight ``check``.
 
 Tracking happens on the driver's side only (:mod:`pipeline.tracking.progress`): workers report,
 a Ray Train callback in the controller logs to MLflow, so no worker needs the tracking store.
@@ -20,42 +26,56 @@ the run; the other nodes' samples arrive with the reports.
 
 from __future__ import annotations
 
-import os
-import sys
+import logging
 import tempfile
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from pipeline.console import setup_console
 from pipeline.driver import storage
 from pipeline.driver.cluster import ensure_ray
 from pipeline.driver.identity import RunIdentity, result_params, run_identity
 from pipeline.driver.preflight import PreflightError, preflight
+from pipeline.driver.record import FINISHED, RUN_RECORD, RUNNING, RunRecord
 from pipeline.driver.storage import resolve_storage_path
 from pipeline.params import Params
+from pipeline.tracking import mlflow_runs
 from pipeline.tracking.system_metrics import SystemMetricsSettings, run_monitor, this_node
 from pipeline.training.losses import NonFiniteLossError
 
-__all__ = ["RUN_RECORD", "PreflightError", "TrainResult", "TrainingError", "default_run_name", "ensure_ray", "fit",
-           "preflight", "resolve_storage_path"]
+__all__ = ["RUN_RECORD", "PreflightError", "TrainResult", "Tracking", "TrainingError", "build_trainer",
+           "default_run_name", "ensure_ray", "fit", "preflight", "resolve_storage_path"]
 
-RUN_RECORD = "detpipe_run.json"  # in the Ray run folder: identity, status, final checkpoint, MLflow run
+logger = logging.getLogger(__name__)
 
-# Test-only hooks, read here (never in the loop) and passed to the workers in their config.
-DEBUG_ENV = {
-    "record_dir": "DETPIPE_DEBUG_DIR",          # each rank appends what it did to rank<r>.jsonl
-    "fault_at_step": "DETPIPE_FAULT_AT_STEP",   # a worker exits at this global step ...
-    "fault_marker": "DETPIPE_FAULT_MARKER",     # ... once: only if it can create this file
-    "fault_rank": "DETPIPE_FAULT_RANK",         # which rank (default: the last)
-    "nonfinite_at_step": "DETPIPE_NONFINITE_AT_STEP",  # the loss becomes NaN at this global step
-    "hang_at_step": "DETPIPE_HANG_AT_STEP",     # a worker stops at this global step (a hung node), once (marker)
-}
+# The checks run before anything trains, called as ``check(params, storage_path=, tracking_uri=,
+# data_dir=)``: :func:`pipeline.driver.preflight.preflight` or a variant of it.
+Check = Callable[..., None]
 
 
 class TrainingError(RuntimeError):
     """Ray Train gave up (worker failures beyond ``ray.max_failures``, or an error in the loop)."""
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """What a run leaves for people to read besides its checkpoints (:mod:`pipeline.tracking`).
+
+    ``mlflow=False``: no MLflow at all (a Tune trial: the sweep's driver tracks what its trials
+    report; the workers then sample every node's system metrics, the driver's node included).
+    """
+
+    mlflow: bool = True
+    parent_run_id: str | None = None              # nest the MLflow run under this one
+    tags: Mapping[str, str] = field(default_factory=dict)  # extra MLflow run tags
+    artifacts: Sequence[str | Path] = ()          # files logged to the MLflow run when present (params.yaml ...)
+    sinks: Sequence[Any] = ()                     # more receivers of every epoch report (``on_epoch(report)``,
+                                                  # :mod:`pipeline.tracking.progress`), besides MLflow
+    reports_dir: str | Path | None = None         # train.json, train_curve.csv, loss_curve.png (default: a
+                                                  # temporary folder; logged to MLflow either way)
 
 
 @dataclass
@@ -81,35 +101,26 @@ class TrainResult:
     identity: dict[str, str] = field(default_factory=dict)
 
 
-def fit(params: Params, *, run_name: str, storage_path: str, callbacks: Sequence[Any] = (),
-        mlflow_parent_run_id: str | None = None, data_dir: str | Path = "data/prepared",
-        reports_dir: str | Path | None = None, artifacts: Sequence[str | Path] = (),
-        tags: dict[str, str] | None = None, root: str | Path = ".", track: bool = True, check: bool = True,
-        identity: RunIdentity | None = None, sinks: Sequence[Any] = (),
-        log: Callable[[str], None] | None = None) -> TrainResult:
+def fit(params: Params, *, run_name: str, storage_path: str, data_dir: str | Path = "data/prepared",
+        root: str | Path = ".", tracking: Tracking | None = None, callbacks: Sequence[Any] = (),
+        hooks: Sequence[Any] = (), check: Check | None = preflight, identity: RunIdentity | None = None
+        ) -> TrainResult:
     """Train ``params`` with Ray Train (DDP) and track it in MLflow; resume ``run_name`` if it exists.
 
     Args:
-        params: the typed params; reads ``model``, ``train``, ``ray``, ``mlflow``,
-            ``data.resize``.
+        params: the typed params; reads ``model``, ``train``, ``ray``, ``mlflow``, ``data.resize``.
         run_name: Ray run name; the same name and storage path resume that run (or reuse it,
             when it finished with identical inputs).
         storage_path: absolute folder or URI (``s3://...``) shared by all nodes.
-        callbacks: Ray Train ``UserCallback``s, e.g. Tune's ``TuneReportCallback()``.
-        mlflow_parent_run_id: nest this training's MLflow run under that run.
         data_dir: folder with ``train.json``/``val.json`` (COCO format) and their images.
-        reports_dir: where ``train.json``, ``train_curve.csv`` and ``loss_curve.png`` are written
-            (default: a temporary folder; they are logged to MLflow either way).
-        artifacts: extra files logged to the MLflow run when present (params.yaml, data reports).
-        tags: extra MLflow run tags.
         root: the state root: default ``mlflow.db``/``mlruns`` location.
-        track: False: no MLflow at all (a Tune trial: the sweep's driver tracks its reports; the
-            workers then sample every node's system metrics, the driver's node included).
-        check: False: skip :func:`preflight` (the caller ran it).
+        tracking: MLflow on or off, its parent run, tags and artifacts, more report sinks, where
+            the reports go (default: :class:`Tracking` ``()``).
+        callbacks: Ray Train ``UserCallback``s, e.g. Tune's ``TuneReportCallback()``.
+        hooks: more hooks for the workers' trainer (picklable; sent in ``train_loop_config["hooks"]``).
+        check: the checks run before training (default :func:`~pipeline.driver.preflight.preflight`,
+            e.g. ``functools.partial(preflight, data_check=...)``); None: none (the caller ran them).
         identity: the run's identity (default: from the params, data and training code).
-        sinks: more receivers of every epoch report on the driver's side (objects with
-            ``on_epoch(report)``, see :mod:`pipeline.tracking.progress`), besides MLflow.
-        log: where progress messages go (default: stderr with a ``[train]`` prefix).
 
     Raises:
         PreflightError: the workers can never be placed, storage not writable, MLflow not
@@ -117,72 +128,138 @@ def fit(params: Params, *, run_name: str, storage_path: str, callbacks: Sequence
         NonFiniteLossError: a loss became NaN/inf (the message names the step and the terms).
         TrainingError: Ray Train failed (e.g. more worker failures than ``ray.max_failures``).
     """
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
+    setup_console()
+    tracking = tracking or Tracking()
+    root, data_dir = Path(root).resolve(), _prepared_data(data_dir)
+    storage_path = resolve_storage_path(storage_path, root)
+    run_path = storage.join(storage_path, run_name)
+    identity = identity or run_identity(result_params(params), data_dir)
+    record = RunRecord.read(run_path)
+    changed = identity.differences(record.identity) if record else []
+    if record and record.finished and not changed:
+        return _reuse(params, record, run_path, tracking.reports_dir)
+    if record and changed:  # only with an explicit run name: default names contain the identity
+        _check_continuable(run_name, record, changed, params)
+        logger.warning("run %s was made with other %s; continuing it as asked", run_name, ", ".join(changed))
+    tracking_uri = mlflow_runs.resolve_tracking_uri(params.mlflow.tracking_uri, root) if tracking.mlflow else None
+    ensure_ray(params.ray.address)
+    if check is not None:
+        check(params, storage_path=storage_path, tracking_uri=tracking_uri, data_dir=data_dir)
+    mlflow_run, run_tags = None, {}
+    if tracking_uri:
+        mlflow_run, run_tags = _start_mlflow_run(params, identity, tracking, tracking_uri=tracking_uri,
+                                                 run_name=run_name, run_path=run_path, root=root)
+    record = RunRecord(RUNNING, run_name, identity.to_dict(), mlflow_run=mlflow_run)
+    record.write(run_path)
+    with mlflow_runs.failed_on_error(mlflow_run):
+        trainer, driver_node = _tracked_trainer(params, run_name=run_name, storage_path=storage_path,
+                                                data_dir=data_dir, mlflow_run=mlflow_run, sinks=tracking.sinks,
+                                                callbacks=callbacks, hooks=hooks)
+        checkpoint, wall_time = _run_trainer(trainer, run_name, params, mlflow_run if driver_node else None)
+        record = replace(record, status=FINISHED, checkpoint_path=checkpoint.path, wall_time_s=round(wall_time, 2))
+        result = _finish(params, record, checkpoint, run_path, tracking.reports_dir)
+        if mlflow_run is not None:
+            result.model_uri = _log_final(params, mlflow_run, result, tracking.artifacts, run_tags)
+    replace(record, epochs=len(result.history), model_uri=result.model_uri).write(run_path)
+    return result
 
-    from pipeline.tracking import mlflow_runs as tracking
-    from pipeline.tracking import progress
 
-    log = log or _say
-    root = Path(root).resolve()
+def _prepared_data(data_dir: str | Path) -> Path:
+    """``data_dir`` as an absolute path, once it holds both splits."""
     data_dir = Path(data_dir).resolve()
     for split in ("train.json", "val.json"):
         if not (data_dir / split).is_file():
             raise FileNotFoundError(f"{data_dir / split} not found: run `python -m pipeline prepare` first")
-    storage_path = resolve_storage_path(storage_path, root)
-    ray_run = storage.join(storage_path, run_name)
-    record_path = storage.join(ray_run, RUN_RECORD)
-    identity = identity or run_identity(result_params(params), data_dir)
-    record = storage.read_json(record_path) or {}
-    changed = identity.differences(record.get("identity")) if record else []
-    if record.get("status") == "finished" and not changed:
-        return _reuse(record, params, run_name=run_name, ray_run=ray_run, reports_dir=reports_dir, log=log)
-    if changed:  # only with an explicit run name: default names contain the identity
-        _check_continuable(run_name, record, changed, params)
-        log(f"warning: run {run_name} was made with other {', '.join(changed)}; continuing it as asked")
-    tracking_uri = tracking.resolve_tracking_uri(params.mlflow.tracking_uri, root) if track else None
+    return data_dir
 
-    ensure_ray(params.ray.address)
-    if check:
-        preflight(params, storage_path=storage_path, tracking_uri=tracking_uri, data_dir=data_dir, log=log)
+
+def _check_continuable(run_name: str, record: RunRecord, changed: list[str], params: Params) -> None:
+    """A finished run continues under its name only to train more epochs with the same code and data."""
+    if not record.finished:
+        return
+    hint = "start a new run (--fresh, or another --run-name)"
+    if set(changed) - {"params"}:
+        raise TrainingError(f"run {run_name} finished with other {', '.join(c for c in changed if c != 'params')}; "
+                            f"continuing it would mix them into one model: {hint}")
+    if record.epochs >= params.train.epochs:
+        raise TrainingError(f"run {run_name} already finished {record.epochs} epoch(s) with other params; "
+                            f"continuing it to train.epochs={params.train.epochs} would train nothing: {hint}")
+
+
+# --------------------------------------------------------------------------- tracking
+def _start_mlflow_run(params: Params, identity: RunIdentity, tracking: Tracking, *, tracking_uri: str,
+                      run_name: str, run_path: str, root: Path) -> tuple[mlflow_runs.MlflowRun, dict[str, str]]:
+    """The run's MLflow run (created, or found again for a resumed run) and its tags."""
+    rp = params.ray
+    tags = {
+        "git_commit": mlflow_runs.git_commit(root), **identity.tags(),
+        "world_size": "..".join(map(str, rp.num_workers)) if isinstance(rp.num_workers, list) else str(rp.num_workers),
+        "device": "cuda" if rp.use_gpu else "cpu", "ray_run_name": run_name, **tracking.tags,
+    }
+    run = mlflow_runs.start_run(
+        tracking_uri=tracking_uri, experiment_name=params.mlflow.experiment_name, run_name=run_name,
+        ray_run=run_path, root=root, params={"model": params.model, "train": params.to_dict()["train"]},
+        tags=tags, parent_run_id=tracking.parent_run_id,
+    )
+    return run, tags
+
+
+def _system_metrics(params: Params, tracked: bool) -> tuple[SystemMetricsSettings | None, str | None]:
+    """What the workers sample (None: nothing), and the driver's node when the driver samples it itself.
+
+    With tracking, the driver samples its own node into the run and its workers need not; a
+    driver outside the cluster (Ray Client), or an untracked one, leaves every node to the workers.
+    """
+    if not params.mlflow.system_metrics:
+        return None, None
+    driver_node = None
+    if tracked:
+        try:
+            driver_node = this_node()[1]
+        except Exception:  # not on a Ray node
+            driver_node = None
+    return SystemMetricsSettings(params.mlflow.system_metrics_interval_s, skip_node_id=driver_node), driver_node
+
+
+def _log_final(params: Params, run: mlflow_runs.MlflowRun, result: TrainResult, artifacts: Sequence[str | Path],
+               run_tags: dict[str, str]) -> str | None:
+    """Log the reports, ``artifacts`` and the final model into ``run`` and close it; the model URI."""
+    from pipeline.serving.config import ServingConfig
+
+    return mlflow_runs.log_final(
+        run, model=result.model, artifacts=[*map(Path, result.reports.values()), *map(Path, artifacts)],
+        log_model=params.mlflow.log_model, registered_model_name=params.mlflow.registered_model_name,
+        alias=params.mlflow.registered_model_alias, val_metrics=result.summary, run_tags=run_tags,
+        serving=ServingConfig(min_size=params.data.resize.min_size, max_size=params.data.resize.max_size),
+    )
+
+
+# --------------------------------------------------------------------------- the trainer
+def build_trainer(params: Params, *, run_name: str, storage_path: str, data_dir: str | Path,
+                  callbacks: Sequence[Any] = (), hooks: Sequence[Any] = (),
+                  system: SystemMetricsSettings | None = None) -> Any:
+    """The ``TorchTrainer`` of one run: ``params.ray``'s workers, failures, checkpoints.
+
+    The workers receive ``train_loop_config`` ``{"params", "data_dir", "hooks"}``: ``hooks`` are
+    registered on their trainer, after them :class:`~pipeline.tracking.system_metrics.NodeMetrics`
+    when ``system`` says what they sample.
+    """
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from pipeline.tracking.system_metrics import NodeMetrics
 
     rp = params.ray
-    mlflow_run = None
-    sinks = list(sinks)
-    system = None  # what the workers sample (pipeline.tracking.system_metrics)
-    driver_node = None  # the driver's node, when the driver samples it into the run
-    if params.mlflow.system_metrics:
-        if track:
-            try:  # with tracking, the driver samples its own node into the run; its workers need not
-                driver_node = this_node()[1]
-            except Exception:  # a driver outside the cluster (Ray Client): the workers sample every node
-                driver_node = None
-        system = SystemMetricsSettings(params.mlflow.system_metrics_interval_s, skip_node_id=driver_node)
-    if track:
-        run_tags = {
-            "git_commit": tracking.git_commit(root), **identity.tags(),
-            "world_size": "..".join(map(str, rp.num_workers)) if isinstance(rp.num_workers, list) else str(rp.num_workers),
-            "device": "cuda" if rp.use_gpu else "cpu", "ray_run_name": run_name, **(tags or {}),
-        }
-        mlflow_run = tracking.start_run(
-            tracking_uri=tracking_uri, experiment_name=params.mlflow.experiment_name, run_name=run_name,
-            ray_run=ray_run, root=root, params={"model": params.model, "train": params.to_dict()["train"]},
-            tags=run_tags, parent_run_id=mlflow_parent_run_id,
-        )
-        sinks.insert(0, progress.MlflowMetrics(tracking_uri, mlflow_run["run_id"]))
-    storage.write_json(record_path, {"status": "running", "run_name": run_name, "identity": identity.to_dict(),
-                                     "mlflow_run": dict(mlflow_run) if mlflow_run else None})
     score = rp.checkpoint_score_attribute
-    trainer = TorchTrainer(
+    hooks = [*hooks, NodeMetrics(system)] if system is not None else list(hooks)
+    return TorchTrainer(
         _train_fn,
-        train_loop_config={"params": params, "data_dir": str(data_dir), "system_metrics": system,
-                           "debug": _debug_hooks(rp.max_workers)},
+        train_loop_config={"params": params, "data_dir": str(data_dir), "hooks": hooks},
         scaling_config=ray.train.ScalingConfig(num_workers=rp.scaling_num_workers(), use_gpu=rp.use_gpu,
                                                resources_per_worker=_resources_per_worker(params)),
         torch_config=TorchConfig(backend="nccl" if rp.use_gpu else "gloo"),
         run_config=ray.train.RunConfig(
-            name=run_name, storage_path=storage_path,
-            callbacks=[progress.ProgressCallback(sinks), *callbacks] if sinks else list(callbacks),
+            name=run_name, storage_path=storage_path, callbacks=list(callbacks),
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),  # progress comes from rank 0
             failure_config=ray.train.FailureConfig(max_failures=rp.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(
@@ -190,89 +267,86 @@ def fit(params: Params, *, run_name: str, storage_path: str, callbacks: Sequence
                 checkpoint_score_order="max" if score and score.startswith("AP") else "min"),
         ),
     )
+
+
+def _tracked_trainer(params: Params, *, run_name: str, storage_path: str, data_dir: Path,
+                     mlflow_run: mlflow_runs.MlflowRun | None, sinks: Sequence[Any], callbacks: Sequence[Any],
+                     hooks: Sequence[Any]) -> tuple[Any, str | None]:
+    """:func:`build_trainer` with the driver-side tracking (MLflow first, then ``sinks``) as a callback;
+    also the driver's node when the driver samples it into ``mlflow_run``."""
+    from pipeline.tracking import progress
+
+    system, driver_node = _system_metrics(params, tracked=mlflow_run is not None)
+    sinks = list(sinks)
+    if mlflow_run is not None:
+        sinks.insert(0, progress.MlflowMetrics(mlflow_run["tracking_uri"], mlflow_run["run_id"]))
+    callbacks = [progress.ProgressCallback(sinks), *callbacks] if sinks else list(callbacks)
+    trainer = build_trainer(params, run_name=run_name, storage_path=storage_path, data_dir=data_dir,
+                            callbacks=callbacks, hooks=hooks, system=system)
+    return trainer, driver_node
+
+
+def _run_trainer(trainer: Any, run_name: str, params: Params, monitored: mlflow_runs.MlflowRun | None
+                 ) -> tuple[Any, float]:
+    """Run ``trainer`` (sampling the driver's node into ``monitored``, if any); the final
+    checkpoint (a ``ray.train.Checkpoint``) and the wall time in seconds."""
     start = time.perf_counter()
     try:
-        with run_monitor(mlflow_run if driver_node else None, params.mlflow.system_metrics_interval_s, log):
+        with run_monitor(monitored, params.mlflow.system_metrics_interval_s):
             result = trainer.fit()
     except Exception as err:
-        if mlflow_run:
-            tracking.mark_failed(mlflow_run)
         raise TrainingError(f"training run {run_name} failed: {err}") from err
     wall_time = time.perf_counter() - start
     outcome = result.return_value or {}
     if outcome.get("status") == "nonfinite":
-        if mlflow_run:
-            tracking.mark_failed(mlflow_run)
         raise NonFiniteLossError(outcome["error"])
     if result.checkpoint is None:
-        if mlflow_run:
-            tracking.mark_failed(mlflow_run)
         raise TrainingError(f"training run {run_name} finished without a checkpoint")
-
-    saved = _load_final_state(result.checkpoint)
-    model = _build_model(saved)
-    history = sorted(saved["history"], key=lambda r: r["epoch"])
-    summary = _summary(history, wall_time=wall_time, world_size=saved["world_size"], params=params)
-    written = _write_reports(history, summary, reports_dir)
-    model_uri = None
-    if mlflow_run:
-        from pipeline.serving.config import ServingConfig
-
-        model_uri = tracking.log_final(
-            mlflow_run, model=model, artifacts=[*written.values(), *(Path(a) for a in artifacts)],
-            log_model=params.mlflow.log_model, registered_model_name=params.mlflow.registered_model_name,
-            alias=params.mlflow.registered_model_alias, val_metrics=summary, run_tags=run_tags,
-            serving=ServingConfig(min_size=params.data.resize.min_size, max_size=params.data.resize.max_size),
-        )
-    storage.write_json(record_path, {
-        "status": "finished", "run_name": run_name, "identity": identity.to_dict(),
-        "checkpoint_path": result.checkpoint.path, "epochs": len(history), "wall_time_s": round(wall_time, 2),
-        "mlflow_run": dict(mlflow_run) if mlflow_run else None, "model_uri": model_uri,
-    })
-    return TrainResult(
-        run_name=run_name, run_path=ray_run, checkpoint_path=result.checkpoint.path, history=history,
-        summary=summary, model=model, model_config=saved["model_config"], class_names=saved["class_names"],
-        mlflow_run=dict(mlflow_run) if mlflow_run else None, model_uri=model_uri,
-        reports={k: str(v) for k, v in written.items()}, identity=identity.to_dict(),
-    )
+    return result.checkpoint, wall_time
 
 
-def _check_continuable(run_name: str, record: dict[str, Any], changed: list[str], params: Params) -> None:
-    """A finished run continues under its name only to train more epochs with the same code and data."""
-    if record.get("status") != "finished":
-        return
-    hint = "start a new run (--fresh, or another --run-name)"
-    if set(changed) - {"params"}:
-        raise TrainingError(f"run {run_name} finished with other {', '.join(c for c in changed if c != 'params')}; "
-                            f"continuing it would mix them into one model: {hint}")
-    done = int(record.get("epochs") or 0)
-    if done >= params.train.epochs:
-        raise TrainingError(f"run {run_name} already finished {done} epoch(s) with other params; continuing it "
-                            f"to train.epochs={params.train.epochs} would train nothing: {hint}")
+def _train_fn(config: dict[str, Any]) -> dict[str, Any]:
+    # imported inside the worker, so the driver does not pay for torch/detector imports twice
+    from pipeline.training.worker import train_loop_per_worker
+
+    return train_loop_per_worker(config)
 
 
-def _reuse(record: dict[str, Any], params: Params, *, run_name: str, ray_run: str,
-           reports_dir: str | Path | None, log: Callable[[str], None]) -> TrainResult:
-    """The result of the finished run ``record`` describes, read back from its final checkpoint."""
+def _resources_per_worker(params: Params) -> dict[str, float]:
+    from pipeline.driver.preflight import worker_request
+
+    return worker_request(params)
+
+
+# --------------------------------------------------------------------------- results
+def _reuse(params: Params, record: RunRecord, run_path: str, reports_dir: str | Path | None) -> TrainResult:
+    """The result of the finished run ``record`` describes: nothing trained, logged or registered."""
+    if not record.checkpoint_path or not storage.exists(record.checkpoint_path):
+        raise TrainingError(f"run {record.run_name} finished, but its final checkpoint {record.checkpoint_path} is "
+                            f"gone; start a new run with --fresh (or remove {run_path})")
     import ray.train
 
-    path = record.get("checkpoint_path")
-    if not path or not storage.exists(path):
-        raise TrainingError(f"run {run_name} finished, but its final checkpoint {path} is gone; "
-                            f"start a new run with --fresh (or remove {ray_run})")
-    mlflow_run = record.get("mlflow_run")
-    log(f"reusing finished run {run_name}" + (f" (MLflow run {mlflow_run['run_id']})" if mlflow_run else "")
-        + ": same params, data, code and torch/torchvision; nothing to train, no new model version")
-    saved = _load_final_state(ray.train.Checkpoint(path))
+    mlflow_run = f" (MLflow run {record.mlflow_run['run_id']})" if record.mlflow_run else ""
+    logger.info("reusing finished run %s%s: same params, data, code and torch/torchvision; nothing to train, "
+                "no new model version", record.run_name, mlflow_run)
+    return _finish(params, record, ray.train.Checkpoint(record.checkpoint_path), run_path, reports_dir, reused=True)
+
+
+def _finish(params: Params, record: RunRecord, checkpoint: Any, run_path: str, reports_dir: str | Path | None,
+            reused: bool = False) -> TrainResult:
+    """The result of the finished run ``record`` describes, from its final ``checkpoint`` (a
+    ``ray.train.Checkpoint``): the model, the history, the summary, and the reports written
+    into ``reports_dir``. A fresh run and a reused one end here alike."""
+    saved = _load_final_state(checkpoint)
     history = sorted(saved["history"], key=lambda r: r["epoch"])
-    summary = _summary(history, wall_time=float(record.get("wall_time_s") or 0.0), world_size=saved["world_size"],
-                       params=params)
+    summary = _summary(history, wall_time=record.wall_time_s, world_size=saved["world_size"], params=params)
     written = _write_reports(history, summary, reports_dir)
     return TrainResult(
-        run_name=run_name, run_path=ray_run, checkpoint_path=path, history=history, summary=summary,
-        model=_build_model(saved), model_config=saved["model_config"], class_names=saved["class_names"],
-        mlflow_run=mlflow_run, model_uri=record.get("model_uri"), reports={k: str(v) for k, v in written.items()},
-        reused=True, identity=dict(record.get("identity") or {}),
+        run_name=record.run_name, run_path=run_path, checkpoint_path=record.checkpoint_path, history=history,
+        summary=summary, model=_build_model(saved), model_config=saved["model_config"],
+        class_names=saved["class_names"], mlflow_run=dict(record.mlflow_run) if record.mlflow_run else None,
+        model_uri=record.model_uri, reports={k: str(v) for k, v in written.items()}, reused=reused,
+        identity=dict(record.identity),
     )
 
 
@@ -288,26 +362,6 @@ def _write_reports(history: list[dict[str, Any]], summary: dict[str, Any],
     }
 
 
-def _train_fn(config: dict[str, Any]) -> dict[str, Any]:
-    # imported inside the worker, so the driver does not pay for torch/detector imports twice
-    from pipeline.training.worker import train_loop_per_worker
-
-    return train_loop_per_worker(config)
-
-
-# --------------------------------------------------------------------------- run identity
-def default_run_name(params: Params, data_dir: str | Path) -> str:
-    """``train-<digest>`` of :func:`pipeline.driver.identity.run_identity`: identical inputs, same name."""
-    return f"train-{run_identity(result_params(params), data_dir).digest()}"
-
-
-def _resources_per_worker(params: Params) -> dict[str, float]:
-    from pipeline.driver.preflight import worker_request
-
-    return worker_request(params)
-
-
-# --------------------------------------------------------------------------- results
 def _load_final_state(checkpoint: Any) -> dict[str, Any]:
     from pipeline.training.state import load_state
 
@@ -344,16 +398,7 @@ def _summary(history: list[dict[str, Any]], *, wall_time: float, world_size: int
     return out
 
 
-def _debug_hooks(num_workers: int) -> dict[str, Any]:
-    hooks: dict[str, Any] = {}
-    for key, env in DEBUG_ENV.items():
-        value = os.environ.get(env)
-        if value:
-            hooks[key] = int(value) if key.endswith(("_step", "_rank")) else value
-    if "fault_at_step" in hooks:
-        hooks.setdefault("fault_rank", num_workers - 1)
-    return hooks
-
-
-def _say(message: str) -> None:
-    print(f"[train] {message}", file=sys.stderr, flush=True)
+# --------------------------------------------------------------------------- run identity
+def default_run_name(params: Params, data_dir: str | Path) -> str:
+    """``train-<digest>`` of :func:`pipeline.driver.identity.run_identity`: identical inputs, same name."""
+    return f"train-{run_identity(result_params(params), data_dir).digest()}"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 import time
@@ -11,12 +10,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pipeline.tracking.mlflow_runs import resolve_tracking_uri
+
 METRIC_PREFIX = "eval/"
-
-
-def resolve_tracking_uri(configured: str | None, root: str | Path = ".") -> str:
-    """``mlflow.tracking_uri`` param, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<root>/mlflow.db``."""
-    return configured or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
 
 
 def flat_metrics(metrics: Mapping[str, Any], prefix: str = METRIC_PREFIX) -> dict[str, float]:

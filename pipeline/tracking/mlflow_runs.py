@@ -10,17 +10,23 @@ works on a multi-node cluster. No ``mlflow.set_experiment``: it exports
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import subprocess
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pipeline.serving.config import ServingConfig
 
-__all__ = ["MlflowRun", "check_reachable", "flatten", "log_final", "resolve_tracking_uri", "start_run"]
+__all__ = ["MlflowRun", "check_reachable", "failed_on_error", "flatten", "log_final", "mark_failed",
+           "resolve_tracking_uri", "start_run"]
+
+logger = logging.getLogger(__name__)
 
 RAY_RUN_TAG = "detpipe.ray_run"
 
@@ -29,14 +35,14 @@ class MlflowRun(dict):
     """``{"run_id", "tracking_uri", "experiment_id"}``: what ``models/mlflow_run.json`` holds."""
 
 
-def resolve_tracking_uri(configured: str | None, root: Path) -> str:
+def resolve_tracking_uri(configured: str | None, root: str | Path = ".") -> str:
     """``mlflow.tracking_uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///<root>/mlflow.db``.
 
     ``root`` is the state root (:func:`pipeline.driver.storage.state_root`: the DVC repository
     under ``dvc exp run --temp/--queue``, not its temporary copy).
     """
     uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
-    return uri or f"sqlite:///{(root / 'mlflow.db').resolve()}"
+    return uri or f"sqlite:///{(Path(root) / 'mlflow.db').resolve()}"
 
 
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
@@ -151,9 +157,30 @@ def log_final(run: MlflowRun, *, model: Any, artifacts: list[Path], log_model: b
 
 
 def mark_failed(run: MlflowRun) -> None:
+    """Close ``run`` with status ``FAILED``."""
     from mlflow.tracking import MlflowClient
 
     MlflowClient(run["tracking_uri"]).set_terminated(run["run_id"], status="FAILED")
+
+
+@contextlib.contextmanager
+def failed_on_error(run: MlflowRun | None) -> Iterator[None]:
+    """Mark ``run`` FAILED (once) when an exception leaves the block, then let the exception go on.
+
+    Nothing happens when ``run`` is None (an untracked training) or the block ends normally. A
+    tracking store that cannot be told is reported as a warning: the training's own error is
+    the one that matters.
+    """
+    try:
+        yield
+    except Exception:
+        if run is not None:
+            try:
+                mark_failed(run)
+            except Exception as err:  # the store is down too: keep the training's error
+                logger.warning("MLflow run %s could not be marked FAILED: %s: %s", run["run_id"],
+                               type(err).__name__, err)
+        raise
 
 
 def git_commit(root: Path) -> str:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import sys
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -38,6 +38,8 @@ from pipeline.training.report import is_number as _number
 
 __all__ = ["HISTORY_KEY", "STEPS_KEY", "SYSTEM_KEY", "EpochReport", "MetricsSink", "MlflowMetrics",
            "ProgressCallback", "epoch_metrics", "merge_system"]
+
+logger = logging.getLogger(__name__)
 
 EPOCH_PREFIX, STEP_PREFIX = "epoch/", "train/"  # MLflow metric names: epoch/loss (step = epoch), train/loss
 # Keys that Ray Tune adds to every result (not training metrics).
@@ -171,10 +173,6 @@ def _in_train_controller() -> bool:
         return False
 
 
-def _warn(message: str) -> None:
-    print(f"[train] warning: {message}", file=sys.stderr, flush=True)
-
-
 def dispatch(sinks: list[MetricsSink], report: EpochReport | None) -> None:
     """Hand ``report`` to every sink; a failing sink is reported and does not stop the training."""
     if report is None:
@@ -183,7 +181,8 @@ def dispatch(sinks: list[MetricsSink], report: EpochReport | None) -> None:
         try:
             sink.on_epoch(report)
         except Exception as err:  # tracking trouble must not kill a training run
-            _warn(f"{type(sink).__name__} could not record epoch {report.epoch}: {type(err).__name__}: {err}")
+            logger.warning("%s could not record epoch %s: %s: %s", type(sink).__name__, report.epoch,
+                           type(err).__name__, err)
 
 
 class ProgressCallback(UserCallback):
@@ -200,7 +199,10 @@ class ProgressCallback(UserCallback):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        if _in_train_controller():
+        if _in_train_controller():  # a process Ray started: the sinks' warnings need the console
+            from pipeline.console import setup_console
+
+            setup_console()
             threading.Thread(target=self._warm_up, daemon=True).start()
 
     def _warm_up(self) -> None:

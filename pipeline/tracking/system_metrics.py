@@ -24,6 +24,7 @@ reports into their runs, and its own node into the parent run).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 import time
@@ -39,6 +40,8 @@ __all__ = ["PREFIX", "NodeMetrics", "NodeSampler", "SampleSteps", "SystemMetrics
 
 PREFIX = "system/"  # MLflow's namespace of system metrics (the UI's "System metrics" tab)
 NODE_KEY, TIME_KEY = "node", "time"  # the two non-metric fields of a sample: stream name, unix time in ms
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -250,13 +253,12 @@ class SampleSteps:
 
 
 @contextlib.contextmanager
-def driver_monitor(run_id: str, tracking_uri: str, interval_s: float,
-                   log: Callable[[str], None] | None = None) -> Iterator[str | None]:
+def driver_monitor(run_id: str, tracking_uri: str, interval_s: float) -> Iterator[str | None]:
     """Sample the driver's node into ``run_id`` while the block runs, each sample logged as it is
     taken, a last one at the end; yields the node's Ray id (its workers need not sample it), or
     None where the driver is not on a Ray node (nothing sampled).
 
-    A failure to log is reported once through ``log`` and does not stop the block.
+    A failure to log is reported once (a warning) and does not stop the block.
     """
     from mlflow.tracking import MlflowClient
 
@@ -270,8 +272,9 @@ def driver_monitor(run_id: str, tracking_uri: str, interval_s: float,
             for i in range(0, len(metrics), 1000):  # log_batch takes at most 1000 metrics per call
                 client.log_batch(run_id, metrics=metrics[i:i + 1000])
         except Exception as err:  # tracking trouble must not stop the training
-            if not failed and log is not None:
-                log(f"warning: system metrics of the driver's node could not be logged: {type(err).__name__}: {err}")
+            if not failed:
+                logger.warning("system metrics of the driver's node could not be logged: %s: %s",
+                               type(err).__name__, err)
             failed.append(str(err))
 
     try:
@@ -286,13 +289,12 @@ def driver_monitor(run_id: str, tracking_uri: str, interval_s: float,
         sampler.stop(final_sample=True)
 
 
-def run_monitor(run: Mapping[str, str] | None, interval_s: float, log: Callable[[str], None] | None = None
-                ) -> contextlib.AbstractContextManager[str | None]:
+def run_monitor(run: Mapping[str, str] | None, interval_s: float) -> contextlib.AbstractContextManager[str | None]:
     """:func:`driver_monitor` into ``run`` (``{"run_id", "tracking_uri", ...}``, as the training and
     sweep drivers hold their MLflow runs); nothing (yielding None) when ``run`` is None."""
     if run is None:
         return contextlib.nullcontext()
-    return driver_monitor(run["run_id"], run["tracking_uri"], interval_s, log=log)
+    return driver_monitor(run["run_id"], run["tracking_uri"], interval_s)
 
 
 class NodeMetrics(HookBase):

@@ -15,6 +15,7 @@ the sweep driver's node (:func:`pipeline.tracking.system_metrics.driver_monitor`
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from pathlib import Path
@@ -27,6 +28,8 @@ from pipeline.tuning.results import ERROR, FINISHED, STOPPED, TrialRecord
 __all__ = ["TrialTracker", "child_runs", "close_child_runs", "finish_parent", "mark_interrupted", "start_parent"]
 
 _FINAL_STATUS = {FINISHED: "FINISHED", STOPPED: "KILLED", ERROR: "FAILED"}
+
+logger = logging.getLogger(__name__)  # printed as [tune] (pipeline.console)
 
 
 def start_parent(*, tracking_uri: str, experiment_name: str, sweep_id: str, experiment_path: str,
@@ -187,5 +190,4 @@ class TrialTracker(Callback):
         try:
             action()
         except Exception as err:  # tracking trouble must not stop the sweep
-            print(f"[tune] warning: MLflow tracking of trial {trial.trial_id} failed: {type(err).__name__}: {err}",
-                  flush=True)
+            logger.warning("MLflow tracking of trial %s failed: %s: %s", trial.trial_id, type(err).__name__, err)

@@ -14,6 +14,7 @@ results, nothing is trained or logged.
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,10 @@ from pipeline.tuning.trial import TRIAL_RESOURCES, TrialSpec, run_trial
 
 __all__ = ["SweepOutcome", "experiment_name", "run_sweep", "trial_base"]
 
+logger = logging.getLogger(__name__)
+
 TRIALS_CSV, BEST_PARAMS, PLOT = "trials.csv", "best_params.yaml", "ap_vs_params.png"
+STATE_FILE = "sweep.json"  # in the experiment folder: our own state (the MLflow parent run, complete or not)
 METRICS = ["AP50", "AP", "AP75"]
 
 
@@ -108,7 +112,7 @@ def experiment_name(params: Params, data_dir: str | Path) -> str:
 
 
 def run_sweep(params: Params, *, data_dir: str | Path = "data/prepared", out_dir: str | Path = "reports/tune",
-              root: str | Path | None = None, fresh: bool = False, log=print) -> SweepOutcome:
+              root: str | Path | None = None, fresh: bool = False) -> SweepOutcome:
     """Run (or resume, or reuse) the sweep of ``params.tune`` and write its outputs into ``out_dir``.
 
     ``root``: the state root for the default storage path and tracking store (default:
@@ -138,13 +142,13 @@ def run_sweep(params: Params, *, data_dir: str | Path = "data/prepared", out_dir
     storage_path = driver.resolve_storage_path(params.ray.storage_path, root)
     tune_storage = storage.join(storage_path, "tune")
     experiment_path = storage.join(tune_storage, sweep_id)
-    state_path = storage.join(experiment_path, "sweep.json")   # our own state: the MLflow parent run
+    state_path = storage.join(experiment_path, STATE_FILE)
     total = num_trials(params, dims)
     base = trial_base(params)
     state = storage.read_json(state_path) or {}
     if state.get("complete") and not fresh and tune.Tuner.can_restore(experiment_path):
-        log(f"reusing finished sweep {sweep_id} (MLflow run {state.get('parent_run_id')}): same params, space, "
-            f"data, code and torch/torchvision; nothing to train")
+        logger.info("reusing finished sweep %s (MLflow run %s): same params, space, data, code and "
+                    "torch/torchvision; nothing to train", sweep_id, state.get("parent_run_id"))
         grid = tune.ResultGrid(tune.ExperimentAnalysis(experiment_path))
         return _reuse(params, dims, grid, state, Path(out_dir), sweep_id, experiment_path)
 
@@ -155,7 +159,7 @@ def run_sweep(params: Params, *, data_dir: str | Path = "data/prepared", out_dir
                          named=named_values(params, dims))
         trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), TRIAL_RESOURCES)
         if fresh and tune.Tuner.can_restore(experiment_path):
-            log(f"--fresh: removing the previous sweep {experiment_path}")
+            logger.info("--fresh: removing the previous sweep %s", experiment_path)
             storage.remove(experiment_path)
             state = {}
         resumed = tune.Tuner.can_restore(experiment_path)
@@ -163,45 +167,72 @@ def run_sweep(params: Params, *, data_dir: str | Path = "data/prepared", out_dir
         tracking_uri = train_tracking.resolve_tracking_uri(params.mlflow.tracking_uri, root)
         # once for all trials: they run with the same workers and data (and skip their own preflight)
         driver.preflight(params_from_dict(base), storage_path=storage_path, tracking_uri=tracking_uri,
-                         data_dir=data_dir, log=log)
+                         data_dir=data_dir)
         parent = tracking.start_parent(
             tracking_uri=tracking_uri, experiment_name=params.mlflow.experiment_name, sweep_id=sweep_id,
             experiment_path=experiment_path, root=root, run_id=state.get("parent_run_id"),
             params={"tune": params.to_dict()["tune"], "data_dir": str(data_dir)},
             tags={f"tune.{k}": v for k, v in identity.tags().items()},
         )
-        if resumed:
-            log(f"resuming sweep {sweep_id} from {experiment_path} (MLflow run {parent['run_id']})")
-            tuner = tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True, resume_errored=True)
-        else:
-            log(f"sweep {sweep_id}: {total} trial(s) of {t.epochs} epoch(s), {t.search} search, ASHA on {t.metric} "
-                f"-> {experiment_path} (MLflow run {parent['run_id']})")
-            tracker = tracking.TrialTracker(
-                tracking_uri=tracking_uri, parent_run_id=parent["run_id"],
-                experiment_name=params.mlflow.experiment_name, root=str(root), spec=spec,
-                tags={"tune.sweep_id": sweep_id, **identity.tags()})
-            tuner = _new_tuner(params, dims, trainable, tune_storage, sweep_id, tracker)
-            storage.write_json(state_path, {"parent_run_id": parent["run_id"], "tracking_uri": tracking_uri,
-                                            "sweep_id": sweep_id, "trials": total, "identity": identity.to_dict()})
-        with _lenient_metric_check(), run_monitor(parent if params.mlflow.system_metrics else None, params.mlflow.system_metrics_interval_s, log):
+        tuner = _tuner(params, dims, trainable, spec, parent, resumed=resumed, identity=identity,
+                       tune_storage=tune_storage, total=total)
+        with _lenient_metric_check(), run_monitor(parent if params.mlflow.system_metrics else None,
+                                                  params.mlflow.system_metrics_interval_s):
             grid = tuner.fit()
-        done = _trials_done(experiment_path)
-        if done < total:
-            log(f"sweep interrupted after {done}/{total} trial(s); rerun the same command to resume "
-                f"(or add --fresh to start over)")
-            tracking.mark_interrupted(parent)
-            return SweepOutcome(experiment_path, sweep_id, complete=False, resumed=resumed,
-                                mlflow_run_id=parent["run_id"])
-        outcome = _finish(params, dims, grid, parent, Path(out_dir), sweep_id, experiment_path, resumed)
-        storage.write_json(state_path, {**(storage.read_json(state_path) or {}), "complete": True})
-        log(f"best trial {outcome.best.trial_id if outcome.best else None}: {t.metric} = "
-            f"{outcome.best.last(t.metric) if outcome.best else None}; train it with:\n  {outcome.train_command}")
-        return outcome
+        return _conclude(params, dims, grid, parent, out_dir=Path(out_dir), sweep_id=sweep_id,
+                         experiment_path=experiment_path, resumed=resumed, total=total)
     finally:
         if started:
             import ray
 
             ray.shutdown()
+
+
+def _tuner(params: Params, dims: list[Dimension], trainable: Any, spec: TrialSpec, parent: dict[str, str], *,
+           resumed: bool, identity: RunIdentity, tune_storage: str, total: int) -> Any:
+    """The sweep's ``Tuner``: the interrupted one restored, or a new one with the MLflow tracker of
+    its trials (the sweep's state file then names the parent run)."""
+    from ray import tune
+
+    from pipeline.tracking import trials as tracking
+
+    t, sweep_id = params.tune, spec.sweep_id
+    experiment_path = storage.join(tune_storage, sweep_id)
+    if resumed:
+        logger.info("resuming sweep %s from %s (MLflow run %s)", sweep_id, experiment_path, parent["run_id"])
+        return tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True, resume_errored=True)
+    logger.info("sweep %s: %s trial(s) of %s epoch(s), %s search, ASHA on %s -> %s (MLflow run %s)",
+                sweep_id, total, t.epochs, t.search, t.metric, experiment_path, parent["run_id"])
+    tracker = tracking.TrialTracker(
+        tracking_uri=parent["tracking_uri"], parent_run_id=parent["run_id"],
+        experiment_name=params.mlflow.experiment_name, root=spec.root, spec=spec,
+        tags={"tune.sweep_id": sweep_id, **identity.tags()})
+    tuner = _new_tuner(params, dims, trainable, tune_storage, sweep_id, tracker)
+    storage.write_json(storage.join(experiment_path, STATE_FILE), {
+        "parent_run_id": parent["run_id"], "tracking_uri": parent["tracking_uri"], "sweep_id": sweep_id,
+        "trials": total, "identity": identity.to_dict()})
+    return tuner
+
+
+def _conclude(params: Params, dims: list[Dimension], grid: Any, parent: dict[str, str], *, out_dir: Path,
+              sweep_id: str, experiment_path: str, resumed: bool, total: int) -> SweepOutcome:
+    """After ``tuner.fit()``: an interrupted sweep's parent run marked so, or every trial done and the
+    outputs written (:func:`_finish`) and the sweep's state marked complete."""
+    from pipeline.tracking import trials as tracking
+
+    done = _trials_done(experiment_path)
+    if done < total:
+        logger.info("sweep interrupted after %s/%s trial(s); rerun the same command to resume "
+                    "(or add --fresh to start over)", done, total)
+        tracking.mark_interrupted(parent)
+        return SweepOutcome(experiment_path, sweep_id, complete=False, resumed=resumed, mlflow_run_id=parent["run_id"])
+    outcome = _finish(params, dims, grid, parent, out_dir, sweep_id, experiment_path, resumed)
+    state_path = storage.join(experiment_path, STATE_FILE)
+    storage.write_json(state_path, {**(storage.read_json(state_path) or {}), "complete": True})
+    best = outcome.best
+    logger.info("best trial %s: %s = %s; train it with:\n  %s", best.trial_id if best else None, params.tune.metric,
+                best.last(params.tune.metric) if best else None, outcome.train_command)
+    return outcome
 
 
 def _new_tuner(params: Params, dims: list[Dimension], trainable: Any, tune_storage: str, sweep_id: str,

@@ -2,7 +2,7 @@
 
 Layer 3 of 3 (see :mod:`pipeline.training`): Ray Train V2 cannot hand a ``TorchTrainer`` to
 a ``Tuner``, so each trial is a plain function that reports the anchor fit of its config
-at epoch 0 (free: no training needed), then calls :func:`pipeline.training.fit`, whose
+at epoch 0 (free: no training needed), then calls :func:`pipeline.driver.fit`, whose
 ``TuneReportCallback`` (:class:`pipeline.tuning.callbacks.TrialReport`) forwards rank 0's
 per-epoch metrics (``epoch``, ``AP50``, ``AP``, the progress rows) and every node's system-metric
 samples to Tune, where ASHA may stop the trial and the sweep's driver tracks them
@@ -71,7 +71,7 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     """The Tune trainable: anchor fit at epoch 0, then one training run through the driver."""
     from ray import tune
 
-    from pipeline.driver import fit
+    from pipeline.driver import Tracking, fit
     from pipeline.tuning.callbacks import TrialReport
 
     trial_id = tune.get_context().get_trial_id()
@@ -79,7 +79,7 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     tune.report({"epoch": 0, **anchor_report(params, spec.data_dir)})
     # no tracking here (the sweep's driver logs what Tune receives); preflight ran once for the sweep
     result = fit(params, run_name=trial_id, storage_path=spec.train_storage, callbacks=[TrialReport()],
-                 data_dir=spec.data_dir, root=spec.root, track=False, check=False)
+                 data_dir=spec.data_dir, root=spec.root, tracking=Tracking(mlflow=False), check=None)
     if not any(spec.metric in row for row in result.history):
         raise RuntimeError(f"trial {trial_id}: training reported no {spec.metric} (tune.metric); "
                            f"validation must run every epoch")

@@ -25,6 +25,7 @@ import functools
 import io
 import json
 import shutil
+import sys
 import threading
 import time
 from pathlib import Path
@@ -231,8 +232,7 @@ def test_cluster_preflight_elastic_training_tracking_and_non_finite_loss(tmp_pat
     from mlflow.tracking import MlflowClient
     from ray.cluster_utils import Cluster
 
-    from pipeline.driver import NonFiniteLossError, PreflightError, fit
-    from pipeline.driver.preflight import HIDE_PATHS_ENV
+    from pipeline.driver import NonFiniteLossError, PreflightError, fit, preflight
     from pipeline.driver.runner import ensure_ray
 
     if ray.is_initialized():
@@ -244,7 +244,7 @@ def test_cluster_preflight_elastic_training_tracking_and_non_finite_loss(tmp_pat
     # after a node died, Ray's view of the cluster lags (~20 s): a worker group sized from it waits
     # this long for resources that are gone before Ray Train retries with fewer workers (default 60 s)
     monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "5")
-    # one more copy of the data, "missing" on node B only (node B's environment hides it)
+    # one more copy of the data, "missing" on node B only (the preflight's data check is told so)
     only_on_a = tmp_path / "only-on-node-a"
     shutil.copytree(tiny_coco, only_on_a)
     # no dashboard: saves ~30 s of start-up on 2 busy cores (only the PG cleaner's backstop uses it)
@@ -253,7 +253,7 @@ def test_cluster_preflight_elastic_training_tracking_and_non_finite_loss(tmp_pat
         "num_cpus": 0, "node_ip_address": "127.0.0.1", "include_dashboard": False,
         "_system_config": {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}})
     node_a = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
-    node_b = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1", env_vars={HIDE_PATHS_ENV: str(only_on_a)})
+    node_b = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
     try:
         ensure_ray(cluster.address)  # the ray.address path: connect to an existing cluster, ship the code
         cluster.wait_for_nodes()
@@ -267,8 +267,10 @@ def test_cluster_preflight_elastic_training_tracking_and_non_finite_loss(tmp_pat
                                    (["ray.use_gpu=true"], r"one worker needs 1 CPU, 1 GPU, more than any node")):
             with pytest.raises(PreflightError, match=message):
                 fit(tiny_params(*overrides), run_name="too-big", data_dir=tiny_coco, **common)
+        ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # not importable in the check's tasks
+        no_data_on_b = functools.partial(preflight, data_check=functools.partial(_data_missing_on, node_b.node_id))
         with pytest.raises(PreflightError) as err:
-            fit(tiny_params(), run_name="data-on-one-node", data_dir=only_on_a, **common)
+            fit(tiny_params(), run_name="data-on-one-node", data_dir=only_on_a, check=no_data_on_b, **common)
         message = str(err.value)
         assert f"node {node_b.node_id[:12]} (127.0.0.1): data_dir {only_on_a}: no such folder" in message
         assert node_a.node_id[:12] not in message and "1 of 2 node(s)" in message
@@ -340,6 +342,18 @@ def test_cluster_preflight_elastic_training_tracking_and_non_finite_loss(tmp_pat
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def _data_missing_on(node_id: str, manifest) -> list[str]:
+    """The preflight's data check (run in a Ray task on each node), as if ``data_dir`` did not exist
+    on the node ``node_id``: the nodes of a one-machine test cluster share one filesystem."""
+    import ray
+
+    from pipeline.driver.preflight import check_data_files
+
+    if ray.get_runtime_context().get_node_id() == node_id:
+        return [f"{manifest.data_dir}: no such folder"]
+    return check_data_files(manifest)
 
 
 def _logged_epochs(uri: str) -> int:

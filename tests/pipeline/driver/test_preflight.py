@@ -11,6 +11,7 @@ import pytest
 
 from pipeline.driver import cluster
 from pipeline.driver.preflight import (
+    DataManifest,
     NodeShape,
     PreflightError,
     check_capacity,
@@ -75,7 +76,8 @@ def test_data_check_names_what_is_missing(tiny_coco):
     names = [img["file_name"] for img in json.loads((tiny_coco / "train.json").read_text())["images"]]
     assert manifest.images[:3] == [names[0], names[len(names) // 2], names[-1]]
     assert check_data_files(manifest) == []
-    assert check_data_files(manifest, hidden=(str(tiny_coco),)) == [f"{tiny_coco}: no such folder"]
+    elsewhere = DataManifest(str(tiny_coco / "absent"), manifest.digests, manifest.images)
+    assert check_data_files(elsewhere) == [f"{tiny_coco / 'absent'}: no such folder"]
     (tiny_coco / manifest.images[1]).unlink()
     (tiny_coco / "val.json").write_text("{}")
     problems = check_data_files(manifest)

@@ -4,6 +4,7 @@ import pytest
 
 from pipeline import driver
 from pipeline.driver import runner, storage
+from pipeline.driver.record import FINISHED, RUNNING, RunRecord
 from pipeline.tracking import mlflow_runs as tracking
 
 
@@ -46,10 +47,23 @@ def test_preflight_storage_and_tracking_errors(tmp_path):
 
 
 def test_a_finished_run_continues_only_to_train_more_epochs(tiny_params):
-    finished = {"status": "finished", "epochs": 1}
+    finished = RunRecord(FINISHED, "r", epochs=1)
     runner._check_continuable("r", finished, ["params"], tiny_params("train.epochs=3"))  # more epochs: fine
-    runner._check_continuable("r", {"status": "running"}, ["code"], tiny_params())        # interrupted: fine
+    runner._check_continuable("r", RunRecord(RUNNING, "r"), ["code"], tiny_params())      # interrupted: fine
     with pytest.raises(runner.TrainingError, match="finished with other code, torch; continuing it would mix"):
         runner._check_continuable("r", finished, ["params", "code", "torch"], tiny_params("train.epochs=3"))
     with pytest.raises(runner.TrainingError, match="already finished 1 epoch.*would train nothing"):
         runner._check_continuable("r", finished, ["params"], tiny_params("train.lr=0.1"))
+
+
+def test_the_trainer_sends_params_data_and_hooks_to_the_workers(tiny_params, tmp_path):
+    class Hook:  # any picklable object the workers' trainer accepts as a hook
+        pass
+
+    hook = Hook()
+    trainer = runner.build_trainer(tiny_params("ray.num_workers=2", "ray.max_failures=3"), run_name="r",
+                                   storage_path=str(tmp_path), data_dir=tmp_path, hooks=[hook])
+    config = trainer.train_loop_config
+    assert config["hooks"] == [hook] and config["data_dir"] == str(tmp_path)
+    assert config["params"].ray.num_workers == 2 and "debug" not in config
+    assert trainer.scaling_config.num_workers == 2 and trainer.run_config.failure_config.max_failures == 3
