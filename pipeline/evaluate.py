@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(params: Params, args: argparse.Namespace) -> int:
     from pipeline.evaluation.loading import load_model, resolve_device
     from pipeline.tracking.evaluation import log_to_training_run
-    from pipeline.tracking.mlflow_runs import resolve_tracking_uri
+    from pipeline.tracking.uri import resolve_tracking_uri
 
     if not Path(args.val).is_file():
         print(f"error: {args.val} not found (run `python -m pipeline prepare` or `dvc repro` first)", file=sys.stderr)

@@ -36,7 +36,7 @@ def run(params: Params, args: argparse.Namespace) -> int:
     from pipeline.evaluation.loading import class_names_of, load_model, resolve_device
     from pipeline.evaluation.pictures import annotate
     from pipeline.evaluation.predictor import collect_images, predict_images
-    from pipeline.tracking.mlflow_runs import resolve_tracking_uri
+    from pipeline.tracking.uri import resolve_tracking_uri
 
     threshold = params.evaluate.draw_score_threshold if args.score_threshold is None else args.score_threshold
     batch_size = args.batch_size or params.evaluate.batch_size

@@ -14,9 +14,16 @@ call :func:`fit`.
 
 from pipeline.driver.cluster import ensure_ray
 from pipeline.driver.preflight import PreflightError, preflight
-from pipeline.driver.runner import Tracking, TrainingError, TrainResult, build_trainer, default_run_name, fit
+from pipeline.driver.runner import (
+           Tracking,
+           TrainingError,
+           TrainResult,
+           build_torch_trainer,
+           default_run_name,
+           fit,
+)
 from pipeline.driver.storage import resolve_storage_path
 from pipeline.training.losses import NonFiniteLossError
 
-__all__ = ["NonFiniteLossError", "PreflightError", "Tracking", "TrainResult", "TrainingError", "build_trainer",
+__all__ = ["NonFiniteLossError", "PreflightError", "Tracking", "TrainResult", "TrainingError", "build_torch_trainer",
            "default_run_name", "ensure_ray", "fit", "preflight", "resolve_storage_path"]

@@ -1,7 +1,7 @@
 """The driver: run identity, preflight checks, the ``TorchTrainer``, tracking and the final model.
 
 Layer 2 of 3: ``pipeline.training.worker.train_loop_per_worker`` runs on every DDP rank
-(layer 1); :func:`fit` builds (:func:`build_trainer`) and runs the ``TorchTrainer`` around it;
+(layer 1); :func:`fit` builds (:func:`build_torch_trainer`) and runs the ``TorchTrainer`` around it;
 the ``train`` stage (``pipeline/train.py``) and the Tune sweep (layer 3, one :func:`fit` per
 trial) call :func:`fit`. A fresh run and a reused one end in the same :func:`_finish`: the
 model, history, summary and reports read back from the final checkpoint.
@@ -46,7 +46,7 @@ from pipeline.tracking import mlflow_runs
 from pipeline.tracking.system_metrics import SystemMetricsSettings, run_monitor, this_node
 from pipeline.training.losses import NonFiniteLossError
 
-__all__ = ["RUN_RECORD", "PreflightError", "TrainResult", "Tracking", "TrainingError", "build_trainer",
+__all__ = ["RUN_RECORD", "PreflightError", "TrainResult", "Tracking", "TrainingError", "build_torch_trainer",
            "default_run_name", "ensure_ray", "fit", "preflight", "resolve_storage_path"]
 
 logger = logging.getLogger(__name__)
@@ -235,7 +235,7 @@ def _log_final(params: Params, run: mlflow_runs.MlflowRun, result: TrainResult, 
 
 
 # --------------------------------------------------------------------------- the trainer
-def build_trainer(params: Params, *, run_name: str, storage_path: str, data_dir: str | Path,
+def build_torch_trainer(params: Params, *, run_name: str, storage_path: str, data_dir: str | Path,
                   callbacks: Sequence[Any] = (), hooks: Sequence[Any] = (),
                   system: SystemMetricsSettings | None = None) -> Any:
     """The ``TorchTrainer`` of one run: ``params.ray``'s workers, failures, checkpoints.
@@ -272,7 +272,7 @@ def build_trainer(params: Params, *, run_name: str, storage_path: str, data_dir:
 def _tracked_trainer(params: Params, *, run_name: str, storage_path: str, data_dir: Path,
                      mlflow_run: mlflow_runs.MlflowRun | None, sinks: Sequence[Any], callbacks: Sequence[Any],
                      hooks: Sequence[Any]) -> tuple[Any, str | None]:
-    """:func:`build_trainer` with the driver-side tracking (MLflow first, then ``sinks``) as a callback;
+    """:func:`build_torch_trainer` with the driver-side tracking (MLflow first, then ``sinks``) as a callback;
     also the driver's node when the driver samples it into ``mlflow_run``."""
     from pipeline.tracking import progress
 
@@ -281,7 +281,7 @@ def _tracked_trainer(params: Params, *, run_name: str, storage_path: str, data_d
     if mlflow_run is not None:
         sinks.insert(0, progress.MlflowMetrics(mlflow_run["tracking_uri"], mlflow_run["run_id"]))
     callbacks = [progress.ProgressCallback(sinks), *callbacks] if sinks else list(callbacks)
-    trainer = build_trainer(params, run_name=run_name, storage_path=storage_path, data_dir=data_dir,
+    trainer = build_torch_trainer(params, run_name=run_name, storage_path=storage_path, data_dir=data_dir,
                             callbacks=callbacks, hooks=hooks, system=system)
     return trainer, driver_node
 

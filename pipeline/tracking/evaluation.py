@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.tracking.mlflow_runs import resolve_tracking_uri
+from pipeline.tracking.uri import resolve_tracking_uri
 
 METRIC_PREFIX = "eval/"
 

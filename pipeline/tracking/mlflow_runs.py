@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.tracking.uri import resolve_tracking_uri
+
 if TYPE_CHECKING:
     from pipeline.serving.config import ServingConfig
 
@@ -33,16 +35,6 @@ RAY_RUN_TAG = "detpipe.ray_run"
 
 class MlflowRun(dict):
     """``{"run_id", "tracking_uri", "experiment_id"}``: what ``models/mlflow_run.json`` holds."""
-
-
-def resolve_tracking_uri(configured: str | None, root: str | Path = ".") -> str:
-    """``mlflow.tracking_uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///<root>/mlflow.db``.
-
-    ``root`` is the state root (:func:`pipeline.driver.storage.state_root`: the DVC repository
-    under ``dvc exp run --temp/--queue``, not its temporary copy).
-    """
-    uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
-    return uri or f"sqlite:///{(Path(root) / 'mlflow.db').resolve()}"
 
 
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:

@@ -61,7 +61,7 @@ def test_the_trainer_sends_params_data_and_hooks_to_the_workers(tiny_params, tmp
         pass
 
     hook = Hook()
-    trainer = runner.build_trainer(tiny_params("ray.num_workers=2", "ray.max_failures=3"), run_name="r",
+    trainer = runner.build_torch_trainer(tiny_params("ray.num_workers=2", "ray.max_failures=3"), run_name="r",
                                    storage_path=str(tmp_path), data_dir=tmp_path, hooks=[hook])
     config = trainer.train_loop_config
     assert config["hooks"] == [hook] and config["data_dir"] == str(tmp_path)
