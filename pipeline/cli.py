@@ -14,6 +14,7 @@ import os
 import sys
 
 from pipeline.console import setup_console
+from pipeline.environ import choose_local_ray_auth_mode
 from pipeline.params import ParamsError, load_params
 
 STAGES = {
@@ -69,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     except ParamsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    choose_local_ray_auth_mode(params.ray.address)
     module = _stage_module(args.stage)
     return int(module.run(params, args) or 0)
 

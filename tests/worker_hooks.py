@@ -2,16 +2,18 @@
 
 Test instrumentation lives here, not in production code: what each rank did (:class:`Record`),
 a worker that dies (:class:`ExitAt`) or hangs (:class:`HangAt`) once, a loss that becomes NaN
-(:class:`PoisonAt`). Ray ships them to the workers by value (this module is not importable
+(:class:`PoisonAt`), warnings from a worker (:class:`Warn`). Ray ships them to the workers by value (this module is not importable
 there).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import ray.cloudpickle
@@ -106,3 +108,16 @@ class PoisonAt(HookBase):
                 for name, p in self.trainer.model_without_ddp.named_parameters():
                     if "cls_score" in name:
                         p.fill_(float("nan"))
+
+
+class Warn(HookBase):
+    """Rank 0 warns ``message`` when training starts, once as a Python warning and once through Ray's
+    ``ray.train`` logger: both must reach the driver's console (nothing hides other libraries' warnings)."""
+
+    def __init__(self, message: str):
+        self.message = message
+
+    def before_train(self) -> None:
+        if self.trainer.rank == 0:
+            warnings.warn(f"{self.message} (warnings)", UserWarning, stacklevel=1)
+            logging.getLogger("ray.train").warning(f"{self.message} (logging)")

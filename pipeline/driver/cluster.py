@@ -129,7 +129,7 @@ def ensure_ray(address: str | None) -> bool:
     elif address != "auto" and "://" not in address:
         extra["RAY_ADDRESS"] = address
     with staged_code() as code:
-        ray.init(address=address, logging_config=ray.LoggingConfig(log_level="ERROR"), log_to_driver=True,
+        ray.init(address=address, log_to_driver=True,
                  runtime_env=runtime_env(code, extra), **kwargs)
     return True
 

@@ -24,6 +24,7 @@ import csv
 import functools
 import io
 import json
+import logging
 import shutil
 import sys
 import threading
@@ -33,18 +34,26 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from worker_hooks import ExitAt, HangAt, PoisonAt, Record, read_records
+from worker_hooks import ExitAt, HangAt, PoisonAt, Record, Warn, read_records
 
 from pipeline.cli import main
 
 pytestmark = pytest.mark.slow
 
 
-def _stage_hooks(monkeypatch, *hooks) -> None:
-    """Run the ``train`` stage's :func:`pipeline.driver.fit` with these worker hooks (:mod:`worker_hooks`)."""
+def _stage_hooks(monkeypatch, *hooks, driver_warning: str | None = None) -> None:
+    """Run the ``train`` stage's :func:`pipeline.driver.fit` with these worker hooks (:mod:`worker_hooks`);
+    ``driver_warning``: then the driver warns it through a third-party logger (``torch.distributed``,
+    whose records reach the root logger), while Ray still runs."""
     import pipeline.driver
 
-    monkeypatch.setattr(pipeline.driver, "fit", functools.partial(pipeline.driver.runner.fit, hooks=list(hooks)))
+    def fit(*args, **kwargs):
+        result = pipeline.driver.runner.fit(*args, hooks=list(hooks), **kwargs)
+        if driver_warning:
+            logging.getLogger("torch.distributed").warning(driver_warning)
+        return result
+
+    monkeypatch.setattr(pipeline.driver, "fit", fit)
 
 
 @pytest.fixture
@@ -136,13 +145,18 @@ def test_stage_resume_fault_tolerance_and_mlflow(tmp_path, tiny_coco, tiny_param
     # --- same run, 3 epochs: resumes after epoch 1; a worker dies once at the start of epoch 3
     shutil.rmtree(debug)
     debug.mkdir()
-    # global step 4 = first step of epoch 3; rank 1 exits once
-    _stage_hooks(monkeypatch, Record(debug), ExitAt(4, rank=1, marker=tmp_path / "fault-fired"))
+    # global step 4 = first step of epoch 3; rank 1 exits once. A worker and the driver warn: both reach the console
+    _stage_hooks(monkeypatch, Record(debug), ExitAt(4, rank=1, marker=tmp_path / "fault-fired"),
+                 Warn("a worker's warning"), driver_warning="the driver's warning")
+    capfd.readouterr()
     monkeypatch.setenv("DVC_EXP_NAME", "exp-tiny")  # as under `dvc exp run`
     with _Watch(tmp_path / "dvclive" / "metrics.json") as live:
         assert main(["train", "--params", str(params), "--run-name", "run-a", "--set", "train.epochs=3",
                      "--set", "mlflow.log_model=true", "--set", "mlflow.registered_model_name=tiny-frcnn"]) == 0
     assert (tmp_path / "fault-fired").exists()
+    console = "".join(capfd.readouterr())
+    for line in ("UserWarning: a worker's warning (warnings)", "a worker's warning (logging)", "the driver's warning"):
+        assert line in console, console
     starts = [r for r in read_records(debug)[0] if r["event"] == "start"]
     # resumed after epoch 1, then restarted from the latest persisted checkpoint after the fault: epoch 2's
     # report, made a moment before the crash, may not have been persisted yet (epochs are idempotent)
