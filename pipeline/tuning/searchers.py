@@ -47,7 +47,10 @@ def build_search_alg(tune: TuneParams) -> Any:
     import optuna
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # multivariate is "experimental"
+        # Optuna marks the multivariate TPE argument "experimental" (its interface may change): a note to
+        # Optuna's API users, which this call is, not about the sweep. Only that message is filtered.
+        warnings.filterwarnings("ignore", message=r"Argument ``multivariate`` is an experimental feature",
+                                category=optuna.exceptions.ExperimentalWarning)
         sampler = optuna.samplers.TPESampler(seed=tune.seed, n_startup_trials=startup_trials(tune), multivariate=True)
     searcher = MetricReportsOnlyOptunaSearch(metric=tune.metric, mode=tune.mode, sampler=sampler)
     return ConcurrencyLimiter(searcher, max_concurrent=tune.max_concurrent_trials)
