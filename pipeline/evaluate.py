@@ -43,13 +43,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(params: Params, args: argparse.Namespace) -> int:
     from pipeline.evaluation.loading import load_model, resolve_device
-    from pipeline.tracking.evaluation import log_to_training_run
+    from pipeline.tracking.evaluation import TrackingError, log_to_training_run
     from pipeline.tracking.uri import resolve_tracking_uri
 
     if not Path(args.val).is_file():
         print(f"error: {args.val} not found (run `python -m pipeline prepare` or `dvc repro` first)", file=sys.stderr)
         return 2
-    # fail fast on an unreachable tracking server instead of retrying for minutes
+    # one HTTP retry inside MLflow; the stage's own retries (evaluate.tracking_retries) wait longer
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
     device = resolve_device(params.evaluate.device)
@@ -59,7 +59,12 @@ def run(params: Params, args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     metrics, written = evaluate(model, args.val, args.out, params.evaluate, params.data.resize, device=device)
-    log_to_training_run(args.run_file, metrics, written)
+    try:
+        log_to_training_run(args.run_file, metrics, written, retries=params.evaluate.tracking_retries,
+                            backoff_s=params.evaluate.tracking_backoff_s)
+    except TrackingError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

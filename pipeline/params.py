@@ -214,9 +214,14 @@ class EvaluateParams:
     draw_score_threshold: float = 0.3   # pictures draw only detections at least this confident
     num_pictures: int = 8
     device: Literal["cpu", "cuda", "auto"] = "cpu"  # auto: cuda when available
+    tracking_retries: int = 3           # logging into the training's MLflow run: retries before the stage fails
+    tracking_backoff_s: float = 5.0     # ... the first wait; each next one doubles
 
     def __post_init__(self) -> None:
         _positive(self, "evaluate", ["batch_size"])
+        if self.tracking_retries < 0 or self.tracking_backoff_s < 0:
+            raise ParamsError(f"evaluate.tracking_retries ({self.tracking_retries}) and "
+                              f"evaluate.tracking_backoff_s ({self.tracking_backoff_s}) must be >= 0")
         for name in ("score_threshold", "draw_score_threshold"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ParamsError(f"evaluate.{name}: {getattr(self, name)} must be in [0, 1)")

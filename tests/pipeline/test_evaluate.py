@@ -211,3 +211,40 @@ def test_logs_into_the_training_run_and_survives_a_missing_run(workdir, fake_mod
     assert {"evaluation/metrics.json", "evaluation/detections.json", "evaluation/pr_curve.csv",
             "evaluation/pr_curve.png", "evaluation/per_class_ap.png", "evaluation/predictions"} <= logged
     assert run.info.status == "FINISHED"
+
+
+def test_a_tracking_outage_is_retried_then_fails_the_stage(workdir, fake_model, monkeypatch, capsys):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on: the tracking server is down
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    x, y, w, h = GT_XYWH
+    fake_model(FixedBoxDetector([[x / 2, y / 2, (x + w) / 2, (y + h) / 2]], [2]))
+    (workdir / "models" / "mlflow_run.json").write_text(json.dumps({"run_id": "a" * 32,
+                                                                     "tracking_uri": f"http://127.0.0.1:{port}"}))
+    args = ["evaluate", *RESIZE, "--set", "evaluate.tracking_retries=2", "--set", "evaluate.tracking_backoff_s=0.05"]
+    assert main(args) == 1  # DVC does not cache a stage that failed: the record is made on the next run
+    err = capsys.readouterr().err
+    assert err.count("retrying in") == 2 and "(1/2)" in err and "(2/2)" in err
+    assert f"error: could not log the evaluation to MLflow run {'a' * 32} at http://127.0.0.1:{port} after 3 tries" in err
+    assert "rerun `python -m pipeline evaluate`" in err
+    assert (workdir / "reports" / "metrics.json").is_file()  # the reports are complete either way
+
+
+def test_a_failed_try_is_retried(tmp_path, monkeypatch):
+    from pipeline.tracking import evaluation
+
+    run_file = tmp_path / "mlflow_run.json"
+    run_file.write_text(json.dumps({"run_id": "r1", "tracking_uri": "http://unused"}))
+    tries = []
+
+    def flaky(uri, run_id, metrics, artifacts, artifact_path):
+        tries.append(run_id)
+        if len(tries) == 1:
+            raise ConnectionError("server restarting")
+
+    monkeypatch.setattr(evaluation, "_log", flaky)
+    assert evaluation.log_to_training_run(run_file, {"AP": 0.5}, [], retries=3, backoff_s=0.01) == "r1"
+    assert tries == ["r1", "r1"]
