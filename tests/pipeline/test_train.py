@@ -247,11 +247,13 @@ def test_cluster_preflight_elastic_training_tracking_and_non_finite_loss(tmp_pat
     # one more copy of the data, "missing" on node B only (the preflight's data check is told so)
     only_on_a = tmp_path / "only-on-node-a"
     shutil.copytree(tiny_coco, only_on_a)
-    # no dashboard: saves ~30 s of start-up on 2 busy cores (only the PG cleaner's backstop uses it)
-    # and a killed node is declared dead after ~3 s of failed health checks (default ~15 s)
+    # no dashboard: saves ~30 s of start-up on 2 busy cores (only the PG cleaner's backstop uses it);
+    # a killed node is declared dead after ~3 s of failed health checks (default ~15 s); Ray's autoscaler
+    # v2 reports in its public status that these nodes were started by hand (preflight: a fixed cluster)
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "node_ip_address": "127.0.0.1", "include_dashboard": False,
-        "_system_config": {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}})
+        "_system_config": {"health_check_period_ms": 1000, "health_check_failure_threshold": 3,
+                           "enable_autoscaler_v2": True}})
     node_a = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
     node_b = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
     try:
