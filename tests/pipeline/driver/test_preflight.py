@@ -118,7 +118,8 @@ def test_the_autoscaler_status_says_whether_the_cluster_can_grow():
     assert _scaling(_status(("a1", None), version="0"), _status(("a1", None)), wait_s=60).state == FIXED
 
 
-def test_a_cluster_whose_autoscaler_state_is_unknown_warns_instead_of_failing(caplog):
+def test_a_cluster_whose_autoscaler_state_is_unknown_warns_instead_of_failing(caplog, monkeypatch):
+    monkeypatch.setattr(logging.getLogger("pipeline"), "propagate", True)  # caplog listens on the root logger
     nodes = [_node(1), _node(1)]
     unknown = functools.partial(_scaling, TimeoutError("no answer"))
     with caplog.at_level(logging.WARNING, logger="pipeline.driver.preflight"):
