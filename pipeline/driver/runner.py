@@ -347,8 +347,10 @@ def _reuse(params: Params, record: RunRecord, run_path: str, tracking: Tracking,
         record = replace(record, mlflow_run=tracked,
                          model_uri=mlflow_runs.model_uri_of(tracked, params.mlflow.registered_model_name))
         record.write(run_path)
-        logger.info("reusing finished run %s: %s, no new model version; %s, which holds its MLflow run %s: "
-                    "using that one", record.run_name, same, _not_in_store(previous, uri), tracked["run_id"])
+        logger.info("reusing finished run %s: %s, no new model version; the tracking store %s holds its MLflow run "
+                    "%s%s: using that one", record.run_name, same, mlflow_runs.public_uri(uri), tracked["run_id"],
+                    f" (its record named run {previous['run_id']} of {mlflow_runs.public_uri(previous['tracking_uri'])})"
+                    if previous else "")
     else:
         logger.info("reusing finished run %s: %s; %s: recording the reused model there", record.run_name, same,
                     _not_in_store(previous, uri))
@@ -380,7 +382,7 @@ def _not_in_store(previous: Mapping[str, str] | None, tracking_uri: str) -> str:
     if previous:
         return (f"its MLflow run {previous['run_id']} ({mlflow_runs.public_uri(previous['tracking_uri'])}) is not in "
                 f"the tracking store {mlflow_runs.public_uri(tracking_uri)}")
-    return f"it was trained without MLflow, and the tracking store {mlflow_runs.public_uri(tracking_uri)} has no run of it"
+    return f"it was trained without MLflow, so the tracking store {mlflow_runs.public_uri(tracking_uri)} holds no run of it"
 
 
 def _record_reused(params: Params, record: RunRecord, result: TrainResult, tracking: Tracking, *, tracking_uri: str,

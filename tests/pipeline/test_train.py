@@ -262,7 +262,8 @@ def test_stage_resume_fault_tolerance_and_mlflow(tmp_path, tiny_coco, tiny_param
     assert len(client_b.search_model_versions("name='tiny-frcnn'")) == 1
     capfd.readouterr()
     assert main(same_command) == 0
-    assert f"which holds its MLflow run {run.info.run_id}: using that one" in "".join(capfd.readouterr())
+    assert f"the tracking store {mlflow_server} holds its MLflow run {run.info.run_id} (its record named run {run_b} " \
+           f"of {store_b}): using that one" in "".join(capfd.readouterr())
     assert json.loads(Path("models/mlflow_run.json").read_text())["run_id"] == run_info["run_id"]
     assert len(client.search_runs([experiment.experiment_id])) == 1
     assert [v.version for v in client.search_model_versions("name='tiny-frcnn'")] == ["1"]
