@@ -13,7 +13,9 @@ Ray Train (:func:`pipeline.driver.fit`) and writes:
 
 The run is named from everything the model depends on (params, data, code, torch/torchvision;
 :mod:`pipeline.driver.identity`): rerunning with identical inputs resumes an interrupted run,
-or reuses a finished one (nothing trained, no new model version); any change trains afresh.
+or reuses a finished one (nothing trained, no new model version); any change trains afresh. A
+reused run whose MLflow run the current tracking store lacks is recorded there first, and
+``models/mlflow_run.json`` names that new run.
 Under ``dvc exp run --temp/--queue`` the default ``ray_results/``, ``mlflow.db`` and ``mlruns/``
 are in the DVC repository (``DVC_ROOT``), not in the temporary copy DVC deletes.
 """

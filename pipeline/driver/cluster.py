@@ -29,6 +29,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pipeline.environ import env_restored
+
 __all__ = ["FORWARDED_ENV", "FORWARDED_ENV_PREFIXES", "SHIPPED_PACKAGES", "ensure_ray", "forwarded_env",
            "runtime_env"]
 
@@ -128,7 +130,11 @@ def ensure_ray(address: str | None) -> bool:
         extra["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
     elif address != "auto" and "://" not in address:
         extra["RAY_ADDRESS"] = address
-    with staged_code() as code:
+    # A new local instance runs Ray's autoscaler v2 (the default of `ray up` and KubeRay's v2): it
+    # reports in the public autoscaler status that no node of this cluster can be added, which
+    # preflight reads (Ray's v1 autoscaler, the default of a local instance, reports nothing there).
+    autoscaler = {"RAY_enable_autoscaler_v2": "1"} if address == "local" else {}
+    with staged_code() as code, env_restored(**autoscaler):
         ray.init(address=address, log_to_driver=True,
                  runtime_env=runtime_env(code, extra), **kwargs)
     return True

@@ -3,15 +3,26 @@
 :func:`preflight` raises :class:`PreflightError` when
 
 - one worker (``ray.cpus_per_worker`` CPUs, a GPU with ``ray.use_gpu``, ``resources_per_worker``)
-  needs more than any node the cluster has or its autoscaler can start,
+  needs more than any node of a fixed-size cluster has (or any node type listed as one its
+  autoscaler can start),
 - a fixed-size cluster cannot place the minimum number of workers,
 - the storage path is not writable, or the MLflow tracking store does not answer,
 - on a node that can run a worker, ``data_dir`` is not readable (or holds other data than the
   driver's), ``ray.storage_path`` is not the folder the driver sees, or torch/torchvision
   differ from the driver's (checked by a tiny task pinned to each such node).
 
-On an autoscaling cluster (the autoscaler reports node types that can still be started)
-too few workers fitting *now* is only a warning: Ray Train asks the autoscaler and waits.
+Whether the cluster can grow is read from Ray's public autoscaler status
+(:func:`cluster_scaling`: ``ray.autoscaler.v2.sdk.get_cluster_status``, what ``ray status``
+shows), and only when the nodes running now cannot hold every worker. It is *fixed* when an
+autoscaler reports on it and every node was started by hand (no node type), *autoscaling* when
+the autoscaler is starting nodes or runs nodes of its node types, and *unknown* when the status
+cannot be read or no autoscaler has reported (Ray's autoscaler v1, or a cluster started by hand
+without ``RAY_enable_autoscaler_v2=1``). On an autoscaling cluster too few workers fitting *now*
+is only a warning: Ray Train asks the autoscaler and waits. An unknown cluster is treated the
+same, with a warning that says what could not be determined. Ray does not publish an
+autoscaler's node types or their maximum counts (ray-project/ray#37838), so a request that no
+node type could ever hold fails early only on a fixed cluster; on an autoscaling one Ray Train
+itself refuses workers the autoscaler's configured maximum cannot hold when it starts them.
 Nodes that join later are not checked here; the training loop checks ``data_dir`` again when
 it starts on them.
 
@@ -28,6 +39,7 @@ import json
 import logging
 import math
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,13 +47,16 @@ from typing import Any
 
 from pipeline.params import Params
 
-__all__ = ["DataCheck", "DataManifest", "NodeShape", "PreflightError", "check_capacity", "check_data_files",
-           "cluster_shapes", "preflight", "worker_request"]
+__all__ = ["AUTOSCALING", "FIXED", "UNKNOWN", "DataCheck", "DataManifest", "NodeShape", "PreflightError", "Scaling",
+           "check_capacity", "check_cluster_capacity", "check_data_files", "cluster_scaling", "live_nodes", "preflight",
+           "read_scaling", "worker_request"]
 
 logger = logging.getLogger(__name__)
 
 NODE_CHECK_TIMEOUT_S = 300.0  # the first task on a node also sets up the runtime environment
 _SAMPLE_IMAGES = 3             # image files per split checked on every node
+AUTOSCALER_REPORT_WAIT_S = 15.0  # an autoscaler reports every 5 s (AUTOSCALER_UPDATE_INTERVAL_S); a new one takes longer
+STATUS_TIMEOUT_S = 10            # one request for the autoscaler status
 
 
 class PreflightError(RuntimeError):
@@ -60,6 +75,18 @@ class NodeShape:
     ip: str | None = None
 
 
+FIXED, AUTOSCALING, UNKNOWN = "fixed", "autoscaling", "unknown"
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """Whether the cluster can start more nodes (:data:`FIXED`, :data:`AUTOSCALING` or :data:`UNKNOWN`),
+    and what in the autoscaler status says so (or why it could not tell)."""
+
+    state: str
+    reason: str = ""
+
+
 def worker_request(params: Params) -> dict[str, float]:
     """Resources of one training worker."""
     rp = params.ray
@@ -75,16 +102,24 @@ def workers_fitting(request: dict[str, float], resources: dict[str, float]) -> i
 
 
 def check_capacity(request: dict[str, float], min_workers: int, max_workers: int,
-                   shapes: list[NodeShape]) -> list[str]:
+                   shapes: list[NodeShape], scaling: Scaling | None = None) -> list[str]:
     """Decide whether ``min_workers``..``max_workers`` workers of ``request`` can run on ``shapes``.
 
-    Returns warnings to show (Ray Train will wait for resources); raises
+    ``shapes`` are the live nodes and, where they are known, node types the autoscaler can start
+    (``alive=False``); ``scaling`` says whether the cluster can grow (default: it can exactly when
+    node types are listed). Returns warnings to show (Ray Train will wait for resources); raises
     :class:`PreflightError` when the request can never be placed.
     """
     alive = [s for s in shapes if s.alive]
     scalable = [s for s in shapes if not s.alive and s.max_count != 0]
+    scaling = scaling or Scaling(AUTOSCALING if scalable else FIXED)
+    grows = bool(scalable) or scaling.state != FIXED
     asked = ", ".join(f"{v:g} {k}" for k, v in request.items())
     if not any(workers_fitting(request, s.resources) >= 1 for s in alive + scalable):
+        if grows and not scalable:  # the node types are not known: one of them may hold it
+            return [_growing(scaling, f"no node running now can hold one worker ({asked}); Ray Train waits for the "
+                                      f"autoscaler to start one that can",
+                             "lower ray.cpus_per_worker / ray.resources_per_worker or set ray.use_gpu=false")]
         largest = ", ".join(sorted({_describe(s.resources, request) for s in alive + scalable})) or "no nodes"
         raise PreflightError(
             f"one worker needs {asked}, more than any node offers ({largest}); "
@@ -94,16 +129,16 @@ def check_capacity(request: dict[str, float], min_workers: int, max_workers: int
     if now >= max_workers:
         return []
     workers = f"{min_workers}..{max_workers}" if min_workers != max_workers else f"{max_workers}"
-    if scalable:
+    if grows:
         unlimited = any(s.max_count < 0 for s in scalable)
         at_most = now + sum(workers_fitting(request, s.resources) * s.max_count for s in scalable if s.max_count > 0)
-        if not unlimited and at_most < min_workers:
+        if scalable and not unlimited and at_most < min_workers:
             raise PreflightError(
                 f"ray.num_workers={workers} workers x ({asked}) need more than this cluster can grow to "
                 f"(at most {at_most} such workers with every node type at its max count); "
                 f"lower ray.num_workers or raise the autoscaler's max_workers")
-        return [f"{now} of {workers} worker(s) of ({asked}) fit on the nodes running now; "
-                f"Ray Train waits for the autoscaler to start more nodes"]
+        return [_growing(scaling, f"{now} of {workers} worker(s) of ({asked}) fit on the nodes running now; "
+                                  f"Ray Train waits for the autoscaler to start more nodes", "lower ray.num_workers")]
     if now >= min_workers:
         return [f"training starts with {now} worker(s) (ray.num_workers={workers}) and grows to "
                 f"{max_workers} when the cluster has room"]
@@ -118,31 +153,82 @@ def check_capacity(request: dict[str, float], min_workers: int, max_workers: int
         f"Lower ray.num_workers / ray.cpus_per_worker, set ray.use_gpu=false, or add nodes.")
 
 
+def _growing(scaling: Scaling, what: str, remedy: str) -> str:
+    """The warning ``what`` on a cluster that can (or, unknown, might) grow, with why we think so."""
+    if scaling.state == UNKNOWN:
+        return (f"could not tell whether the cluster can start more nodes: {scaling.reason}. Going on as if it can: "
+                f"{what}. If it cannot grow, the training waits for ever: {remedy}")
+    return f"{what} ({scaling.reason})" if scaling.reason else what
+
+
 def _describe(resources: dict[str, float], request: dict[str, float]) -> str:
     return "/".join(f"{resources.get(k, 0):g} {k}" for k in request)
 
 
-def cluster_shapes() -> list[NodeShape]:
-    """Live nodes (``ray.nodes()``) and the autoscaler's node types, where Ray reports them."""
+def live_nodes() -> list[NodeShape]:
+    """The nodes running now (``ray.nodes()``)."""
     import ray
 
-    shapes = [NodeShape(name=n.get("NodeName") or n["NodeID"][:8], resources=dict(n.get("Resources", {})),
-                        node_id=n["NodeID"], ip=n.get("NodeManagerAddress"))
-              for n in ray.nodes() if n.get("Alive")]
-    try:  # the autoscaler publishes its node types to the GCS (KubeRay, cluster launcher)
-        from ray._private.state import state
+    return [NodeShape(name=n.get("NodeName") or n["NodeID"][:8], resources=dict(n.get("Resources", {})),
+                      node_id=n["NodeID"], ip=n.get("NodeManagerAddress"))
+            for n in ray.nodes() if n.get("Alive")]
 
-        config = state.get_cluster_config()
-    except Exception:  # not reported, or another Ray version
-        config = None
-    for group in getattr(config, "node_group_configs", None) or []:
-        if group.max_count == 0 or not group.resources:
-            continue
-        if group.max_count > 0 and group.max_count <= group.min_count:
-            continue  # a fixed group: its nodes are among the live ones
-        shapes.append(NodeShape(name=group.name, resources={k: float(v) for k, v in group.resources.items()},
-                                alive=False, max_count=group.max_count))
-    return shapes
+
+def read_scaling(status: Any) -> Scaling:
+    """Whether a cluster can grow, from its autoscaler status (a ``ray.autoscaler.v2.schema.ClusterStatus``).
+
+    Launches (pending or failed) and nodes of named node types mean an autoscaler manages the
+    cluster; a node started by hand has no node type (the status names it ``node_<node id>``).
+    """
+    starting = [*status.pending_launches, *status.pending_nodes, *status.failed_launches]
+    if starting:
+        types = ", ".join(sorted({s.ray_node_type_name for s in starting}))
+        return Scaling(AUTOSCALING, f"its autoscaler is starting nodes of type {types}")
+    if str(status.stats.autoscaler_version or 0) == "0":
+        return Scaling(UNKNOWN, "no autoscaler reports its state (Ray's autoscaler v1 does not, nor does a cluster "
+                                "started by hand without RAY_enable_autoscaler_v2=1)")
+    nodes = [*status.active_nodes, *status.idle_nodes]
+    typed = sorted({n.ray_node_type_name for n in nodes if n.ray_node_type_name != f"node_{n.node_id}"})
+    if typed:
+        return Scaling(AUTOSCALING, f"it runs nodes of its autoscaler's node types {', '.join(typed)}")
+    return Scaling(FIXED, "its autoscaler reports only nodes started by hand")
+
+
+def cluster_scaling(status: Callable[[], Any] | None = None, wait_s: float = AUTOSCALER_REPORT_WAIT_S,
+                    poll_s: float = 1.0) -> Scaling:
+    """:func:`read_scaling` of ``status()`` (default: Ray's public autoscaler status of this cluster,
+    ``ray.autoscaler.v2.sdk.get_cluster_status``), asked again for up to ``wait_s`` seconds while no
+    autoscaler has reported (a new cluster's reports after a few seconds); :data:`UNKNOWN`, with the
+    error, when the status cannot be read."""
+    status = status or _autoscaler_status
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            scaling = read_scaling(status())
+        except Exception as err:  # no answer: a timeout, a Ray Client driver without GCS access, another Ray
+            message = (str(err).strip().splitlines() or [""])[-1][:300]
+            return Scaling(UNKNOWN, f"Ray's autoscaler status could not be read ({type(err).__name__}: {message})")
+        if scaling.state != UNKNOWN or time.monotonic() + poll_s > deadline:
+            return scaling
+        time.sleep(poll_s)
+
+
+def _autoscaler_status() -> Any:
+    import ray
+    from ray.autoscaler.v2.sdk import get_cluster_status
+
+    return get_cluster_status(ray.get_runtime_context().gcs_address, timeout=STATUS_TIMEOUT_S)
+
+
+def check_cluster_capacity(request: dict[str, float], min_workers: int, max_workers: int, nodes: list[NodeShape],
+                           scaling: Callable[[], Scaling] = cluster_scaling) -> None:
+    """:func:`check_capacity` on the live ``nodes``, its warnings logged. Whether the cluster can grow
+    (``scaling()``) is asked only when the nodes cannot hold ``max_workers`` workers now."""
+    growth = None
+    if sum(workers_fitting(request, n.resources) for n in nodes) < max_workers:
+        growth = scaling()
+    for warning in check_capacity(request, min_workers, max_workers, nodes, growth):
+        logger.warning(warning)
 
 
 @dataclass
@@ -294,9 +380,8 @@ def preflight(params: Params, *, storage_path: str, tracking_uri: str | None, da
 
     rp = params.ray
     request = worker_request(params)
-    shapes = cluster_shapes()
-    for warning in check_capacity(request, rp.min_workers, rp.max_workers, shapes):
-        logger.warning(warning)
+    live = live_nodes()
+    check_cluster_capacity(request, rp.min_workers, rp.max_workers, live)
     try:
         storage.check_writable(storage_path)
     except storage.StorageError as err:
@@ -306,5 +391,5 @@ def preflight(params: Params, *, storage_path: str, tracking_uri: str | None, da
             tracking.check_reachable(tracking_uri)
         except RuntimeError as err:
             raise PreflightError(str(err)) from err
-    nodes = [s for s in shapes if s.alive and workers_fitting(request, s.resources) >= 1]
+    nodes = [s for s in live if workers_fitting(request, s.resources) >= 1]
     check_nodes(nodes, data_manifest(data_dir), storage_path, data_check=data_check)

@@ -13,7 +13,10 @@ storage_path)``, so an interrupted run with identical inputs resumes, and any ch
 edit included) starts a new run. Each run folder holds a record
 (:class:`~pipeline.driver.record.RunRecord`) of its identity and status; a *finished* run with
 identical inputs is reused as it is ("reusing finished run X": nothing is trained, logged or
-registered again).
+registered again) when the current tracking store holds its MLflow run. In a store that does
+not (another server, a deleted ``mlflow.db``) the reused model is recorded as a fresh run
+records it (params, tags, epoch metrics, reports, model, registry version), tagged as reused
+from the finished run, and the record points at that run from then on.
 
 Test-only behaviour stays out of this module: a test passes its own worker ``hooks`` (fault
 injection, records of what each rank did) and its own preflight ``check``.
@@ -83,7 +86,8 @@ class TrainResult:
     """What :func:`fit` returns. ``model`` is the final model on CPU in eval mode.
 
     ``reused`` is True when a finished run with identical inputs was found and nothing was
-    trained: its MLflow run and model are the earlier ones, and no model version was registered.
+    trained: its MLflow run and model are the earlier ones, and no model version was registered,
+    unless the tracking store did not hold that run: then they are the new run recording it there.
     """
 
     run_name: str
@@ -137,7 +141,7 @@ def fit(params: Params, *, run_name: str, storage_path: str, data_dir: str | Pat
     record = RunRecord.read(run_path)
     changed = identity.differences(record.identity) if record else []
     if record and record.finished and not changed:
-        return _reuse(params, record, run_path, tracking.reports_dir)
+        return _reuse(params, record, run_path, tracking, root=root, identity=identity)
     if record and changed:  # only with an explicit run name: default names contain the identity
         _check_continuable(run_name, record, changed, params)
         logger.warning("run %s was made with other %s; continuing it as asked", run_name, ", ".join(changed))
@@ -319,17 +323,91 @@ def _resources_per_worker(params: Params) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------- results
-def _reuse(params: Params, record: RunRecord, run_path: str, reports_dir: str | Path | None) -> TrainResult:
-    """The result of the finished run ``record`` describes: nothing trained, logged or registered."""
+def _reuse(params: Params, record: RunRecord, run_path: str, tracking: Tracking, *, root: Path,
+           identity: RunIdentity) -> TrainResult:
+    """The result of the finished run ``record`` describes; nothing is trained.
+
+    With MLflow, the current tracking store must hold its run: the recorded one (nothing is logged
+    or registered), else the store's own run of this Ray run (the record points at it), else a new
+    run that records the reused model there (:func:`_record_reused`).
+    """
     if not record.checkpoint_path or not storage.exists(record.checkpoint_path):
         raise TrainingError(f"run {record.run_name} finished, but its final checkpoint {record.checkpoint_path} is "
                             f"gone; start a new run with --fresh (or remove {run_path})")
     import ray.train
 
-    mlflow_run = f" (MLflow run {record.mlflow_run['run_id']})" if record.mlflow_run else ""
-    logger.info("reusing finished run %s%s: same params, data, code and torch/torchvision; nothing to train, "
-                "no new model version", record.run_name, mlflow_run)
-    return _finish(params, record, ray.train.Checkpoint(record.checkpoint_path), run_path, reports_dir, reused=True)
+    uri = mlflow_runs.resolve_tracking_uri(params.mlflow.tracking_uri, root) if tracking.mlflow else None
+    previous = record.mlflow_run
+    tracked = _tracked_run(params, record, uri, run_path) if uri else previous
+    same = "same params, data, code and torch/torchvision; nothing to train"
+    if uri is None or (tracked and previous and tracked["run_id"] == previous["run_id"]):
+        logger.info("reusing finished run %s%s: %s, no new model version", record.run_name,
+                    f" (MLflow run {previous['run_id']})" if previous else "", same)
+    elif tracked:
+        record = replace(record, mlflow_run=tracked,
+                         model_uri=mlflow_runs.model_uri_of(tracked, params.mlflow.registered_model_name))
+        record.write(run_path)
+        logger.info("reusing finished run %s: %s, no new model version; the tracking store %s holds its MLflow run "
+                    "%s%s: using that one", record.run_name, same, mlflow_runs.public_uri(uri), tracked["run_id"],
+                    f" (its record named run {previous['run_id']} of {mlflow_runs.public_uri(previous['tracking_uri'])})"
+                    if previous else "")
+    else:
+        logger.info("reusing finished run %s: %s; %s: recording the reused model there", record.run_name, same,
+                    _not_in_store(previous, uri))
+    result = _finish(params, record, ray.train.Checkpoint(record.checkpoint_path), run_path, tracking.reports_dir,
+                     reused=True)
+    if uri and not tracked:
+        record = _record_reused(params, record, result, tracking, tracking_uri=uri, run_path=run_path, root=root,
+                                identity=identity)
+        result.mlflow_run, result.model_uri = dict(record.mlflow_run), record.model_uri
+        logger.info("recorded finished run %s in %s as MLflow run %s: params, tags, %d epoch(s) of metrics, "
+                    "reports%s", record.run_name, mlflow_runs.public_uri(uri), record.mlflow_run["run_id"],
+                    len(result.history), f", model {record.model_uri}" if record.model_uri else "")
+    return result
+
+
+def _tracked_run(params: Params, record: RunRecord, tracking_uri: str, run_path: str) -> mlflow_runs.MlflowRun | None:
+    """The MLflow run of the finished run ``record`` in the store at ``tracking_uri``
+    (:func:`~pipeline.tracking.mlflow_runs.find_run`); :class:`PreflightError` when the store cannot be asked."""
+    try:
+        mlflow_runs.check_reachable(tracking_uri)
+        return mlflow_runs.find_run(tracking_uri, run_id=(record.mlflow_run or {}).get("run_id"),
+                                    experiment_name=params.mlflow.experiment_name, ray_run=run_path)
+    except Exception as err:  # an unreachable store, refused credentials, ...: say which store and why
+        raise PreflightError(f"cannot look up the MLflow run of finished run {record.run_name} in the tracking "
+                             f"store {mlflow_runs.public_uri(tracking_uri)}: {err}") from err
+
+
+def _not_in_store(previous: Mapping[str, str] | None, tracking_uri: str) -> str:
+    if previous:
+        return (f"its MLflow run {previous['run_id']} ({mlflow_runs.public_uri(previous['tracking_uri'])}) is not in "
+                f"the tracking store {mlflow_runs.public_uri(tracking_uri)}")
+    return f"it was trained without MLflow, so the tracking store {mlflow_runs.public_uri(tracking_uri)} holds no run of it"
+
+
+def _record_reused(params: Params, record: RunRecord, result: TrainResult, tracking: Tracking, *, tracking_uri: str,
+                   run_path: str, root: Path, identity: RunIdentity) -> RunRecord:
+    """Record the reused ``result`` in the store at ``tracking_uri`` as a fresh run records itself: a run with
+    its params and tags (and which finished run and MLflow run it comes from), its history's epoch metrics,
+    the reports and ``tracking.artifacts``, the model and a registry version (``mlflow.registered_model_name``);
+    the run record then points at that run."""
+    previous = record.mlflow_run
+    origin = f"the finished Ray run {run_path}"
+    tags = {mlflow_runs.REUSED_FROM_TAG: run_path}
+    if previous:
+        store = mlflow_runs.public_uri(previous["tracking_uri"])
+        tags |= {mlflow_runs.REUSED_RUN_TAG: previous["run_id"], mlflow_runs.REUSED_STORE_TAG: store}
+        origin += f" (trained into MLflow run {previous['run_id']} of {store})"
+    tags["mlflow.note.content"] = f"Recorded from {origin}; the model was not trained again."
+    run, run_tags = _start_mlflow_run(params, identity, replace(tracking, tags={**tracking.tags, **tags}),
+                                      tracking_uri=tracking_uri, run_name=record.run_name, run_path=run_path,
+                                      root=root)
+    with mlflow_runs.failed_on_error(run):
+        mlflow_runs.log_history(run, result.history)
+        model_uri = _log_final(params, run, result, tracking.artifacts, run_tags)
+    record = replace(record, mlflow_run=run, model_uri=model_uri)
+    record.write(run_path)
+    return record
 
 
 def _finish(params: Params, record: RunRecord, checkpoint: Any, run_path: str, reports_dir: str | Path | None,

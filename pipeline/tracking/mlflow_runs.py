@@ -1,7 +1,8 @@
 """MLflow on the driver: tracking URI, the run for one training, final artifacts and model.
 
 One MLflow run per training. The driver creates it (or finds it again when a Ray run is
-resumed, through the ``detpipe.ray_run`` tag); the per-epoch and per-step metrics reach it
+resumed, through the ``detpipe.ray_run`` tag; :func:`find_run` finds a finished one in any
+store, e.g. for a reused run after a switch of tracking store); the per-epoch and per-step metrics reach it
 from the driver's side (:mod:`pipeline.tracking.progress`: a Ray Train callback in the Train
 controller, on the driver's node), never from the workers, so a local ``sqlite:///`` store
 works on a multi-node cluster. No ``mlflow.set_experiment``: it exports
@@ -15,8 +16,9 @@ import logging
 import os
 import subprocess
 import urllib.error
+import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,12 +27,17 @@ from pipeline.tracking.uri import resolve_tracking_uri
 if TYPE_CHECKING:
     from pipeline.serving.config import ServingConfig
 
-__all__ = ["MlflowRun", "check_reachable", "failed_on_error", "flatten", "log_final", "mark_failed",
+__all__ = ["REUSED_FROM_TAG", "REUSED_RUN_TAG", "REUSED_STORE_TAG", "MlflowRun", "check_reachable", "failed_on_error",
+           "find_run", "flatten", "log_final", "log_history", "mark_failed", "model_uri_of", "public_uri",
            "resolve_tracking_uri", "start_run"]
 
 logger = logging.getLogger(__name__)
 
 RAY_RUN_TAG = "detpipe.ray_run"
+# On a run that records a reused finished Ray run in a store that lacked its MLflow run: the Ray run's
+# folder, and the MLflow run (id, store) it was trained into.
+REUSED_FROM_TAG, REUSED_RUN_TAG, REUSED_STORE_TAG = "detpipe.reused_from", "detpipe.reused_mlflow_run", \
+    "detpipe.reused_tracking_uri"
 
 
 class MlflowRun(dict):
@@ -113,6 +120,66 @@ def start_run(*, tracking_uri: str, experiment_name: str, run_name: str, ray_run
     for i in range(0, len(items), 100):  # log_batch takes at most 100 params per call
         client.log_batch(run_id, params=items[i:i + 100])
     return MlflowRun(run_id=run_id, tracking_uri=tracking_uri, experiment_id=experiment_id)
+
+
+def find_run(tracking_uri: str, *, run_id: str | None, experiment_name: str, ray_run: str) -> MlflowRun | None:
+    """The MLflow run of the finished Ray run ``ray_run`` in the store at ``tracking_uri``: ``run_id`` when
+    the store holds it (not deleted), else the newest finished run tagged with ``ray_run`` in
+    ``experiment_name``; None when the store has neither (another store, a deleted ``mlflow.db``)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    if run_id:
+        try:
+            info = client.get_run(run_id).info
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            info = None
+        if info is not None and info.lifecycle_stage == "active":
+            return MlflowRun(run_id=run_id, tracking_uri=tracking_uri, experiment_id=info.experiment_id)
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        return None
+    found = client.search_runs([experiment.experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
+                               filter_string=f"tags.`{RAY_RUN_TAG}` = '{ray_run}' and attributes.status = 'FINISHED'")
+    return MlflowRun(run_id=found[0].info.run_id, tracking_uri=tracking_uri,
+                     experiment_id=experiment.experiment_id) if found else None
+
+
+def model_uri_of(run: MlflowRun, registered_model_name: str | None) -> str | None:
+    """The model ``run`` holds, as :func:`log_final` returns it: its newest version of
+    ``registered_model_name`` (``models:/NAME/VERSION``), else its logged model (``models:/m-...``)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(run["tracking_uri"], registry_uri=run["tracking_uri"])
+    if registered_model_name:
+        versions = client.search_model_versions(f"name = '{registered_model_name}' and run_id = '{run['run_id']}'")
+        if versions:
+            return f"models:/{registered_model_name}/{max(int(v.version) for v in versions)}"
+    logged = client.search_logged_models([run["experiment_id"]], filter_string=f"source_run_id = '{run['run_id']}'")
+    return f"models:/{logged[0].model_id}" if logged else None
+
+
+def log_history(run: MlflowRun, history: Sequence[Mapping[str, Any]]) -> None:
+    """Log the epoch rows ``history`` into ``run`` as a training's sink logs its epoch reports
+    (``epoch/<k>`` at step = epoch, :class:`pipeline.tracking.progress.MlflowMetrics`)."""
+    from pipeline.tracking.progress import EpochReport, MlflowMetrics
+
+    sink = MlflowMetrics(run["tracking_uri"], run["run_id"])
+    for row in history:
+        report = EpochReport.from_metrics(dict(row))
+        if report is not None:
+            sink.on_epoch(report)
+
+
+def public_uri(uri: str) -> str:
+    """``uri`` without the credentials it may hold (``https://user:token@host`` -> ``https://host``)."""
+    parts = urllib.parse.urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
 def log_final(run: MlflowRun, *, model: Any, artifacts: list[Path], log_model: bool,

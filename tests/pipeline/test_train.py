@@ -9,7 +9,9 @@ Ray runs cost ~15-40 s each on 2 cores, so each test combines several checks:
   ``mlflow server`` with the driver's node's system metrics, whose registered pyfunc model
   (``models:/NAME@latest-train``, tagged with the commit, the DVC experiment and the val metrics)
   loads with ``mlflow.pyfunc.load_model`` and detects. An identical rerun reuses the finished
-  run: no worker starts, no new model version.
+  run: no worker starts, no new model version. The same command with an empty sqlite store
+  records the reused run there (one run with its params, epoch metrics, model and a registry
+  version, which ``models/mlflow_run.json`` names) and reuses that run from then on.
 - ``test_cluster_preflight_elastic_training_tracking_and_non_finite_loss``: a local 3-node
   ``ray.cluster_utils.Cluster`` (a CPU-less head, where the driver is, and two 1-CPU nodes):
   too many workers / GPUs and data missing on one node fail before training; an elastic
@@ -219,9 +221,10 @@ def test_stage_resume_fault_tolerance_and_mlflow(tmp_path, tiny_coco, tiny_param
     debug.mkdir()
     for output in ("models/model.pt", "models/mlflow_run.json", "reports/train.json"):
         Path(output).unlink()
+    same_command = ["train", "--params", str(params), "--run-name", "run-a", "--set", "train.epochs=3",
+                    "--set", "mlflow.log_model=true", "--set", "mlflow.registered_model_name=tiny-frcnn"]
     capfd.readouterr()
-    assert main(["train", "--params", str(params), "--run-name", "run-a", "--set", "train.epochs=3",
-                 "--set", "mlflow.log_model=true", "--set", "mlflow.registered_model_name=tiny-frcnn"]) == 0
+    assert main(same_command) == 0
     console = "".join(capfd.readouterr())
     assert "reusing finished run run-a" in console and console_noise(console) == [], console
     assert not list(debug.iterdir())  # no worker ran
@@ -229,6 +232,53 @@ def test_stage_resume_fault_tolerance_and_mlflow(tmp_path, tiny_coco, tiny_param
     assert all(torch.equal(reused[k], v) for k, v in trained.items())
     assert json.loads(Path("models/mlflow_run.json").read_text())["run_id"] == run_info["run_id"]
     assert json.loads(Path("reports/train.json").read_text())["epochs"] == 3
+    assert len(client.search_runs([experiment.experiment_id])) == 1
+    assert [v.version for v in client.search_model_versions("name='tiny-frcnn'")] == ["1"]
+
+    # --- the identical command with an empty tracking store (a local file instead of the server): the finished
+    # run is reused, and that store receives one run recording it (its params, tags saying where it comes from,
+    # the epoch metrics, artifacts, the model, a registry version), which models/mlflow_run.json names
+    store_b = f"sqlite:///{tmp_path / 'b.db'}"
+    capfd.readouterr()
+    assert main([*same_command, "--set", f"mlflow.tracking_uri={store_b}"]) == 0
+    console = "".join(capfd.readouterr())
+    assert f"its MLflow run {run.info.run_id} ({mlflow_server}) is not in the tracking store {store_b}: recording " \
+           "the reused model there" in console and console_noise(console) == [], console
+    assert not list(debug.iterdir())  # still no worker ran
+    client_b = MlflowClient(store_b, registry_uri=store_b)
+    (recorded,) = client_b.search_runs([e.experiment_id for e in client_b.search_experiments()])
+    run_b = recorded.info.run_id
+    assert json.loads(Path("models/mlflow_run.json").read_text()) == {
+        "run_id": run_b, "tracking_uri": store_b, "experiment_id": recorded.info.experiment_id}
+    assert recorded.info.status == "FINISHED" and recorded.info.run_name == "run-a"
+    assert recorded.data.params == {**run.data.params, "train.epochs": "3"}  # the server's run began with 1 epoch
+    tags = recorded.data.tags
+    assert (tags["detpipe.reused_mlflow_run"], tags["detpipe.reused_tracking_uri"]) == (run.info.run_id, mlflow_server)
+    assert tags["detpipe.reused_from"] == tags["detpipe.ray_run"] == run.data.tags["detpipe.ray_run"]
+    assert all(tags[k] == run.data.tags[k] for k in ("code_fingerprint", "data_hash", "world_size", "git_commit"))
+    assert [(m.step, m.value) for m in client_b.get_metric_history(run_b, "epoch/loss")] == [
+        (int(r["epoch"]), pytest.approx(float(r["loss"]), rel=1e-5)) for r in rows]
+    assert {k for k in recorded.data.metrics if k.startswith("epoch/")} == {
+        k for k in run.data.metrics if k.startswith("epoch/")}
+    assert {"params.yaml", "train.json", "train_curve.csv", "loss_curve.png"} <= {
+        a.path for a in client_b.list_artifacts(run_b)}
+    (version,) = client_b.search_model_versions("name='tiny-frcnn'")
+    assert version.run_id == run_b and str(version.version) == "1"
+    assert str(client_b.get_model_version_by_alias("tiny-frcnn", "latest-train").version) == "1"
+    assert float(version.tags["val_AP50"]) == pytest.approx(float(rows[-1]["AP50"]), abs=1e-4)
+    (model,) = client_b.search_logged_models([recorded.info.experiment_id])
+    assert model.source_run_id == run_b and version.source == f"models:/{model.model_id}"
+    # again with that store: its run is reused as it is; back with the server: the server's own run of it
+    capfd.readouterr()
+    assert main([*same_command, "--set", f"mlflow.tracking_uri={store_b}"]) == 0
+    assert f"reusing finished run run-a (MLflow run {run_b})" in "".join(capfd.readouterr())
+    assert len(client_b.search_runs([recorded.info.experiment_id])) == 1
+    assert len(client_b.search_model_versions("name='tiny-frcnn'")) == 1
+    capfd.readouterr()
+    assert main(same_command) == 0
+    assert f"the tracking store {mlflow_server} holds its MLflow run {run.info.run_id} (its record named run {run_b} " \
+           f"of {store_b}): using that one" in "".join(capfd.readouterr())
+    assert json.loads(Path("models/mlflow_run.json").read_text())["run_id"] == run_info["run_id"]
     assert len(client.search_runs([experiment.experiment_id])) == 1
     assert [v.version for v in client.search_model_versions("name='tiny-frcnn'")] == ["1"]
 
@@ -261,11 +311,13 @@ def test_cluster_preflight_elastic_training_tracking_and_non_finite_loss(tmp_pat
     # one more copy of the data, "missing" on node B only (the preflight's data check is told so)
     only_on_a = tmp_path / "only-on-node-a"
     shutil.copytree(tiny_coco, only_on_a)
-    # no dashboard: saves ~30 s of start-up on 2 busy cores (only the PG cleaner's backstop uses it)
-    # and a killed node is declared dead after ~3 s of failed health checks (default ~15 s)
+    # no dashboard: saves ~30 s of start-up on 2 busy cores (only the PG cleaner's backstop uses it);
+    # a killed node is declared dead after ~3 s of failed health checks (default ~15 s); Ray's autoscaler
+    # v2 reports in its public status that these nodes were started by hand (preflight: a fixed cluster)
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "node_ip_address": "127.0.0.1", "include_dashboard": False,
-        "_system_config": {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}})
+        "_system_config": {"health_check_period_ms": 1000, "health_check_failure_threshold": 3,
+                           "enable_autoscaler_v2": True}})
     node_a = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
     node_b = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
     try:

@@ -3,19 +3,27 @@
 The checks against a real 2-node cluster are in tests/pipeline/test_train.py.
 """
 
+import functools
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 import pytest
 
 from pipeline.driver import cluster
 from pipeline.driver.preflight import (
+    AUTOSCALING,
+    FIXED,
+    UNKNOWN,
     DataManifest,
     NodeShape,
     PreflightError,
+    Scaling,
     check_capacity,
+    check_cluster_capacity,
     check_data_files,
+    cluster_scaling,
     data_manifest,
     worker_request,
 )
@@ -67,6 +75,76 @@ def test_elastic_starts_with_what_fits():
     assert len(warnings) == 1 and "starts with 2 worker(s)" in warnings[0]
     with pytest.raises(PreflightError, match=r"ray.num_workers=3..4"):
         check_capacity(CPU1, 3, 4, [_node(1), _node(1)])
+
+
+def _status(*nodes, version="3", launching=()):
+    """Ray's public autoscaler status (``ray.autoscaler.v2.schema``) of a cluster with ``nodes``
+    (``(node id, node type or None)``: None for a node started by hand) and ``launching`` node types."""
+    from ray.autoscaler.v2.schema import ClusterStatus, LaunchRequest, NodeInfo, Stats
+
+    return ClusterStatus(
+        idle_nodes=[NodeInfo(instance_type_name="", ray_node_type_name=kind or f"node_{node_id}", instance_id="",
+                             ip_address="10.0.0.1", node_status="IDLE", node_id=node_id) for node_id, kind in nodes],
+        pending_launches=[LaunchRequest(kind, kind, 1, LaunchRequest.Status.PENDING, 0) for kind in launching],
+        stats=Stats(autoscaler_version=version))
+
+
+def _scaling(*statuses, wait_s=0.0):
+    """:func:`cluster_scaling` of a cluster whose status answers ``statuses`` in turn (an exception is raised)."""
+    answers = iter(statuses)
+
+    def status():
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    return cluster_scaling(status, wait_s=wait_s, poll_s=0.0)
+
+
+def test_the_autoscaler_status_says_whether_the_cluster_can_grow():
+    # fixed: the autoscaler reports (v2), every node was started by hand (`ray start`, ray.init)
+    assert _scaling(_status(("a1", None), ("b2", None))).state == FIXED
+    # autoscaling: nodes of the autoscaler's node types, or nodes being started
+    grows = _scaling(_status(("a1", "head"), ("b2", "gpu-group")))
+    assert grows == Scaling(AUTOSCALING, "it runs nodes of its autoscaler's node types gpu-group, head")
+    assert _scaling(_status(("a1", None), launching=["gpu-group"])).state == AUTOSCALING
+    # unknown: no autoscaler has reported (v1, or not yet), or no answer
+    unknown = _scaling(_status(("a1", None), version="0"))
+    assert unknown.state == UNKNOWN and "no autoscaler reports its state" in unknown.reason
+    unknown = _scaling(TimeoutError("GetClusterStatus timed out\nafter 10 s"))
+    assert unknown == Scaling(UNKNOWN, "Ray's autoscaler status could not be read (TimeoutError: after 10 s)")
+    # a new cluster's autoscaler reports after a few seconds: asked again while it has not
+    assert _scaling(_status(("a1", None), version="0"), _status(("a1", None)), wait_s=60).state == FIXED
+
+
+def test_a_cluster_whose_autoscaler_state_is_unknown_warns_instead_of_failing(caplog, monkeypatch):
+    monkeypatch.setattr(logging.getLogger("pipeline"), "propagate", True)  # caplog listens on the root logger
+    nodes = [_node(1), _node(1)]
+    unknown = functools.partial(_scaling, TimeoutError("no answer"))
+    with caplog.at_level(logging.WARNING, logger="pipeline.driver.preflight"):
+        check_cluster_capacity(CPU1, 3, 3, nodes, scaling=unknown)
+        check_cluster_capacity(GPU1, 1, 1, nodes, scaling=unknown)  # a GPU node type may exist
+    first, second = (r.getMessage() for r in caplog.records)
+    assert first.startswith("could not tell whether the cluster can start more nodes: Ray's autoscaler status "
+                            "could not be read (TimeoutError: no answer). Going on as if it can: 2 of 3 worker(s)")
+    assert "If it cannot grow, the training waits for ever: lower ray.num_workers" in first
+    assert "no node running now can hold one worker (1 CPU, 1 GPU)" in second
+    # the same cluster, known to be fixed, fails at once
+    fixed = functools.partial(_scaling, _status(("a1", None), ("b2", None)))
+    with pytest.raises(PreflightError, match=r"ray.num_workers=3 .*at most 2 .*does not autoscale"):
+        check_cluster_capacity(CPU1, 3, 3, nodes, scaling=fixed)
+    with pytest.raises(PreflightError, match="one worker needs 1 CPU, 1 GPU, more than any node offers"):
+        check_cluster_capacity(GPU1, 1, 1, nodes, scaling=fixed)
+    # an autoscaling one waits for its autoscaler; where every worker fits now, nobody asks
+    grows = functools.partial(_scaling, _status(("a1", "head"), launching=["gpu-group"]))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="pipeline.driver.preflight"):
+        check_cluster_capacity(GPU1, 2, 2, nodes, scaling=grows)
+        check_cluster_capacity(CPU1, 2, 2, nodes, scaling=lambda: pytest.fail("asked the autoscaler"))
+    (warning,) = (r.getMessage() for r in caplog.records)
+    assert warning == ("no node running now can hold one worker (1 CPU, 1 GPU); Ray Train waits for the autoscaler "
+                       "to start one that can (its autoscaler is starting nodes of type gpu-group)")
 
 
 def test_data_check_names_what_is_missing(tiny_coco):
