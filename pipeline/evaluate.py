@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(params: Params, args: argparse.Namespace) -> int:
-    from pipeline.evaluation.loading import load_model, resolve_device
+    from pipeline.inference.loading import load_model, resolve_device
     from pipeline.tracking.evaluation import TrackingError, log_to_training_run
     from pipeline.tracking.uri import resolve_tracking_uri
 

@@ -33,9 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(params: Params, args: argparse.Namespace) -> int:
     from pipeline.data.transforms import build_transforms
-    from pipeline.evaluation.loading import class_names_of, load_model, resolve_device
     from pipeline.evaluation.pictures import annotate
-    from pipeline.evaluation.predictor import collect_images, predict_images
+    from pipeline.evaluation.predictor import predict_images
+    from pipeline.inference.images import collect_images
+    from pipeline.inference.loading import class_names_of, load_model, resolve_device
     from pipeline.tracking.uri import resolve_tracking_uri
 
     threshold = params.evaluate.draw_score_threshold if args.score_threshold is None else args.score_threshold

@@ -35,7 +35,7 @@ from pipeline.params import Params
 
 __all__ = ["PROJECT_PACKAGES", "RESULT_PARAMS", "SWEEP_ENTRIES", "SWEEP_SKIP", "TRAINING_ENTRIES", "RunIdentity",
            "code_files", "code_fingerprint", "data_fingerprint", "library_versions", "result_params", "run_identity",
-           "source_dir"]
+           "source_dir", "top_level_imports"]
 
 # Dotted params keys the trained model depends on (and the dvc.yaml `train` stage lists).
 RESULT_PARAMS = ("data.resize", "model", "train", "ray.num_workers", "ray.use_gpu")
@@ -162,6 +162,25 @@ def code_files(entries: tuple[str, ...], *, skip: tuple[str, ...] = (), root: st
         files.add(path)
         pending.extend((imported, path.relative_to(root).as_posix()) for imported in _imports(root, module, path))
     return sorted(p.relative_to(root).as_posix() for p in files)
+
+
+def top_level_imports(files: Iterable[str], *, root: str | Path | None = None) -> dict[str, list[str]]:
+    """The top-level modules that ``files`` import by absolute name, each with the files that import it:
+    ``{"torch": ["detector/anchors.py", ...], "os": [...], "pipeline": [...]}`` (sorted).
+
+    ``files`` are paths relative to ``root`` as :func:`code_files` gives them. Same rules as
+    :func:`code_files`: imports at any depth count (lazy ones inside functions too), the body of
+    ``if TYPE_CHECKING:`` does not; relative imports stay inside their package and are left out.
+    """
+    root = Path(root) if root is not None else source_dir("pipeline").parent
+    found: dict[str, set[str]] = {}
+    for name in files:
+        for level, module, names in _import_statements((root / name).read_bytes()):
+            if level:
+                continue
+            for imported in names if module is None else (module,):  # import a.b, c / from a.b import x
+                found.setdefault(imported.partition(".")[0], set()).add(name)
+    return {module: sorted(importers) for module, importers in sorted(found.items())}
 
 
 def code_fingerprint(entries: tuple[str, ...] = TRAINING_ENTRIES, *, skip: tuple[str, ...] = (),

@@ -1,7 +1,9 @@
 """Evaluation of a detector on a COCO-format split: inference, COCO metrics, PR curves, pictures.
 
 ``evaluate_model`` is what the ``train`` stage calls for periodic validation AP; the ``evaluate``
-stage (``pipeline/evaluate.py``) and the ``predict`` command build on the same pieces.
+stage (``pipeline/evaluate.py``) and the ``predict`` command build on the same pieces. Loading a
+model and detecting on images (what the served model needs too) is :mod:`pipeline.inference`,
+which imports none of this package's metrics.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.evaluation.inference import InferenceTiming, rescale_boxes, run_inference, to_coco_results
+from pipeline.evaluation.inference import InferenceTiming, run_inference, to_coco_results
 from pipeline.evaluation.metrics import STAT_NAMES, coco_metrics, load_coco, per_class_ap, pr_curves
 
 __all__ = [
@@ -22,7 +24,6 @@ __all__ = [
     "load_coco",
     "per_class_ap",
     "pr_curves",
-    "rescale_boxes",
     "run_inference",
     "to_coco_results",
 ]

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from pipeline.inference.detection import rescale_boxes
+
 
 @dataclass
 class InferenceTiming:
@@ -32,13 +34,6 @@ class InferenceTiming:
 
     def as_metrics(self) -> dict[str, float]:
         return {"images_per_s": round(self.images_per_s, 3), "ms_per_image": round(self.ms_per_image, 3)}
-
-
-def rescale_boxes(boxes: Tensor, from_hw: Sequence[int], to_hw: Sequence[int]) -> Tensor:
-    """Map ``(..., 4)`` xyxy boxes from an image of size ``from_hw`` to the same image at ``to_hw``."""
-    (fh, fw), (th, tw) = (int(v) for v in from_hw), (int(v) for v in to_hw)
-    scale = boxes.new_tensor([tw / fw, th / fh, tw / fw, th / fh])
-    return boxes * scale
 
 
 def to_coco_results(output: dict[str, Tensor], image_id: int, *, input_hw: Sequence[int],

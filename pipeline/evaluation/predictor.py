@@ -1,4 +1,4 @@
-"""Detections for arbitrary image files: read, resize like training, detect, map back to original pixels."""
+"""Detections for image files in the COCO results format (the ``predict`` command): read, detect, collect."""
 
 from __future__ import annotations
 
@@ -12,11 +12,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from pipeline.evaluation.inference import rescale_boxes, to_coco_results
-
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
-# What PIL raises for missing, unreadable or corrupt files (PNG chunk errors are SyntaxErrors).
-READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+from pipeline.evaluation.inference import to_coco_results
+from pipeline.inference.detection import detect
+from pipeline.inference.images import READ_ERRORS, read_image
 
 
 @dataclass
@@ -31,24 +29,6 @@ class Predictions:
     def to_dict(self) -> dict[str, Any]:
         return {"images": self.images, "annotations": self.annotations, "categories": self.categories,
                 "failed": self.failed}
-
-
-def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
-    """Files as given (whatever their suffix) and the image files directly inside given folders, sorted."""
-    paths: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            paths += sorted(p for p in item.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        else:
-            paths.append(item)  # a missing file is reported as failed, with the others processed
-    return paths
-
-
-def read_image(path: Path) -> Image.Image:
-    """The fully decoded RGB image (decoding now, so a truncated file fails here)."""
-    with Image.open(path) as image:
-        image.load()
-        return image.convert("RGB")
 
 
 def predict_images(model: nn.Module, paths: Sequence[Path], *, transforms: Callable, class_names: Mapping[int, str],
@@ -84,26 +64,6 @@ def predict_images(model: nn.Module, paths: Sequence[Path], *, transforms: Calla
             bar.update(len(batch))
         bar.update(len(paths) - bar.n)
     return result
-
-
-def detect(model: nn.Module, images: Sequence[Image.Image], *, transforms: Callable,
-           device: str | torch.device = "cpu") -> list[dict[str, torch.Tensor]]:
-    """The detections of ``model`` (in eval mode, on ``device``) for a batch of RGB images.
-
-    Each image goes through ``transforms`` (the evaluation resize) as in training; the boxes
-    come back in that image's original pixels.
-
-    Returns:
-        Per image ``{"boxes": (N, 4) xyxy float32, "scores": (N,), "labels": (N,) 1..C}`` on the CPU.
-    """
-    tensors = [transforms(image, {"boxes": torch.zeros(0, 4)})[0].to(device) for image in images]
-    with torch.inference_mode():
-        outputs = model(tensors)
-    out = []
-    for image, tensor, output in zip(images, tensors, outputs):
-        boxes = rescale_boxes(output["boxes"].float().cpu(), tensor.shape[-2:], (image.height, image.width))
-        out.append({"boxes": boxes, "scores": output["scores"].float().cpu(), "labels": output["labels"].cpu()})
-    return out
 
 
 def _readable_batches(paths: Sequence[Path], batch_size: int, failed: list[dict[str, str]]

@@ -3,7 +3,8 @@
 - :mod:`pipeline.serving.model`: ``DetectorModel``, the ``mlflow.pyfunc.PythonModel`` (request
   format: a DataFrame with an ``image`` column of encoded image bytes; one row of detections per image),
 - :mod:`pipeline.serving.model_code`: the models-from-code file MLflow logs (no pickled objects),
-- :mod:`pipeline.serving.export`: logging that model into a training's MLflow run, with its signature
-  and input example, the weights as a ``weights_only``-safe ``detector`` checkpoint,
-- :mod:`pipeline.serving.registry`: registering a version, its tags and the alias.
+- :mod:`pipeline.serving.export`: logging that model into a training's MLflow run, with its signature,
+  input example and requirements, the weights as a ``weights_only``-safe ``detector`` checkpoint,
+- :mod:`pipeline.serving.registry`: registering a version, its tags and the alias,
+- :mod:`pipeline.serving.requirements`: the model's pip requirements, derived from what its code imports.
 """

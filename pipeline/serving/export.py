@@ -5,6 +5,8 @@ The logged model holds:
 - ``artifacts/model.pt``: the weights as a ``detector`` checkpoint (``weights_only``-safe),
 - ``python_model.py``: :mod:`pipeline.serving.model_code` (models-from-code: nothing is pickled),
 - ``code/detector`` and ``code/pipeline``: the code that defines the model and its preprocessing,
+- ``requirements.txt`` (and ``python_env.yaml``, ``conda.yaml``): the distributions that code imports,
+  pinned to the versions installed here (:mod:`pipeline.serving.requirements`),
 - the signature (``image`` binary column in; boxes, scores, labels, class names out; the
   ``score_threshold`` request param), an input example, and the ``ServingConfig`` as ``model_config``.
 """
@@ -16,18 +18,15 @@ import io
 import logging
 import tempfile
 from collections.abc import Iterator, Mapping
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from pipeline.environ import env_restored
 from pipeline.serving.config import CHECKPOINT_ARTIFACT, ServingConfig
 from pipeline.serving.registry import register_version
+from pipeline.serving.requirements import requirements
 
 __all__ = ["LoggedModel", "log_detector_model", "input_example", "signature"]
-
-# Distributions the served model imports (for `mlflow models serve` with an env manager other than local).
-REQUIREMENTS = ("torch", "torchvision", "mlflow", "pillow", "numpy", "pandas", "pyyaml", "tqdm", "pycocotools")
 
 
 class LoggedModel(dict):
@@ -102,17 +101,6 @@ def input_example() -> Any:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return pd.DataFrame({"image": [buffer.getvalue()]})
-
-
-def requirements() -> list[str]:
-    """Pinned versions of :data:`REQUIREMENTS` as installed here (local-version suffixes like +cu130 dropped)."""
-    out = []
-    for name in REQUIREMENTS:
-        try:
-            out.append(f"{name}=={metadata.version(name).split('+')[0]}")
-        except metadata.PackageNotFoundError:
-            out.append(name)
-    return out
 
 
 @contextlib.contextmanager

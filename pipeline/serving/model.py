@@ -41,7 +41,7 @@ class DetectorModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         import detector
         from pipeline.data.transforms import build_transforms
-        from pipeline.evaluation.loading import class_names_of, resolve_device
+        from pipeline.inference.loading import class_names_of, resolve_device
 
         self.config = ServingConfig.from_mapping(context.model_config)
         self.device = resolve_device(self.config.device)
@@ -51,7 +51,7 @@ class DetectorModel(mlflow.pyfunc.PythonModel):
 
     def predict(self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame,
                 params: dict[str, Any] | None = None) -> pd.DataFrame:
-        from pipeline.evaluation.predictor import detect
+        from pipeline.inference.detection import detect
 
         threshold = float((params or {}).get("score_threshold", self.config.score_threshold))
         if not 0.0 <= threshold <= 1.0:
@@ -81,7 +81,7 @@ def decode_images(model_input: Any) -> list[Any]:
     """
     from PIL import Image, UnidentifiedImageError
 
-    from pipeline.evaluation.predictor import READ_ERRORS
+    from pipeline.inference.images import READ_ERRORS
 
     if not isinstance(model_input, pd.DataFrame) or IMAGE_COLUMN not in model_input.columns:
         raise _bad_request(f"expected a DataFrame with a column {IMAGE_COLUMN!r} of encoded images "

@@ -12,7 +12,14 @@ import pytest
 import yaml
 
 from pipeline.driver import identity, storage
-from pipeline.driver.identity import PROJECT_PACKAGES, SWEEP_ENTRIES, SWEEP_SKIP, TRAINING_ENTRIES, code_files
+from pipeline.driver.identity import (
+    PROJECT_PACKAGES,
+    SWEEP_ENTRIES,
+    SWEEP_SKIP,
+    TRAINING_ENTRIES,
+    code_files,
+    top_level_imports,
+)
 
 REPO = Path(__file__).resolve().parents[3]
 DVC_FILES = ("dvc.yaml", "sweeps/dvc.yaml")
@@ -45,6 +52,7 @@ def fake_tree(tmp_path):
             "from typing import TYPE_CHECKING\n"
             "if TYPE_CHECKING:\n"
             "    from fake import typing_only\n"            # never runs
+            "    import numpy\n"
             "else:\n"
             "    from fake import runtime_only\n"
             "from fake.layer import x\n"                    # a package the tests skip
@@ -81,6 +89,12 @@ def test_code_files_follow_every_import_that_runs(fake_tree):
         "fake/__init__.py", "fake/sub/__init__.py", "fake/sub/b.py"]  # a module runs its packages' __init__
     with_other = code_files(("fake.top",), root=fake_tree, packages=("fake", "other"))
     assert set(with_other) - set(found) == {"other/thing.py"}  # `other` has no __init__.py: a namespace package
+
+
+def test_top_level_imports_are_the_absolute_imports_that_run(fake_tree):
+    found = top_level_imports(["fake/top.py", "fake/sub/a.py", "fake/layer/x.py"], root=fake_tree)
+    assert found == {"fake": ["fake/layer/x.py", "fake/top.py"], "os": ["fake/top.py"], "other": ["fake/top.py"],
+                     "typing": ["fake/top.py"]}  # not numpy (TYPE_CHECKING); fake/sub/a.py imports relatively
 
 
 def test_code_files_name_what_is_missing(fake_tree):

@@ -1,16 +1,8 @@
 """Batched inference: boxes back in original pixels, thresholds, batch independence, model mode."""
 
 import pytest
-import torch
 
-from pipeline.evaluation import InferenceTiming, evaluate_model, rescale_boxes, run_inference
-
-
-def test_rescale_boxes_maps_input_pixels_to_original():
-    boxes = torch.tensor([[10.0, 10.0, 20.0, 30.0]])
-    out = rescale_boxes(boxes, from_hw=(50, 100), to_hw=(100, 300))  # y x2, x x3
-    assert out.tolist() == [[30.0, 20.0, 60.0, 60.0]]
-    assert rescale_boxes(out, (100, 300), (50, 100)).tolist() == boxes.tolist()
+from pipeline.evaluation import InferenceTiming, evaluate_model, run_inference
 
 
 def test_boxes_are_written_in_original_pixels_as_xywh(fake_detector, fake_dataset):
