@@ -6,12 +6,13 @@ stall training (BENCHMARKS.md, "Ray Train report cost"). What should be seen soo
 a small actor instead, a :class:`LiveChannel` that the driver opens before training (on its own
 node, next to the Train controller, with no CPU reserved) and closes when training ends:
 
-- on the workers, :class:`LiveSteps` (rank 0) puts each progress row into it as soon as
-  :class:`~pipeline.training.hooks.StepLogger` makes it (every ``train.log_every`` steps, at least
-  every 30 s), and :class:`~pipeline.tracking.system_metrics.NodeMetrics` puts each system-metric
-  sample as it is taken (every ``mlflow.system_metrics_interval_s``). A put is an actor call whose
-  result nobody waits for: no round trip, ~0.1 ms of the worker's time (BENCHMARKS.md, "Live step
-  rows");
+- on the workers, :class:`LiveSteps` (rank 0) puts the progress rows that
+  :class:`~pipeline.training.hooks.StepLogger` makes (every ``train.log_every`` steps, at least
+  every 30 s) at the end of their step, at most once a second (:data:`LIVE_INTERVAL_S`: the rows
+  of faster steps go together), and :class:`~pipeline.tracking.system_metrics.NodeMetrics` puts
+  each system-metric sample as it is taken (every ``mlflow.system_metrics_interval_s``). A put only
+  queues the rows (microseconds of the training thread, BENCHMARKS.md "Live progress rows"); a
+  daemon thread makes the actor call, whose result nobody waits for: no round trip per step;
 - in the Train controller, :class:`~pipeline.tracking.progress.ProgressCallback` takes what arrived
   every second, in a daemon thread, and hands it to the sinks (MLflow, DVCLive).
 
@@ -25,17 +26,23 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import queue
+import threading
+import time
 import uuid
 from typing import Any
 
 from pipeline.training.engine import HookBase
 from pipeline.training.report import STEPS_KEY
 
-__all__ = ["ChannelClosed", "LiveChannel", "LiveSteps"]
+__all__ = ["LIVE_INTERVAL_S", "ChannelClosed", "LiveChannel", "LiveSteps"]
 
 logger = logging.getLogger(__name__)
 
 Item = tuple[str, list[dict[str, Any]]]  # (kind: STEPS_KEY or SYSTEM_KEY, rows or samples)
+LIVE_INTERVAL_S = 1.0  # rank 0 puts its rows at most this often; the Train controller takes them this often
+_SENDER_START = threading.Lock()  # one sender thread per channel handle, whichever thread puts first
 
 
 class ChannelClosed(RuntimeError):
@@ -59,13 +66,18 @@ class LiveChannelActor:
 class LiveChannel:
     """A handle on the channel's actor; picklable, so it travels to the workers and the Train controller.
 
-    One producer's puts arrive in the order they were made (Ray runs one caller's calls to an
-    actor in order). :attr:`key` names the channel (its relay on the driver's side is one per key).
+    :meth:`put` only queues (the caller's cost is an append); a daemon thread of the process makes
+    the actor calls, in the order of the puts (Ray runs one caller's calls to an actor in order).
+    :attr:`key` names the channel (its relay on the driver's side is one per key).
     """
 
     def __init__(self, actor: Any, key: str | None = None):
         self._actor, self.key = actor, key or uuid.uuid4().hex
-        self._failed = False  # a put failed (reported once)
+        self._outbox: queue.SimpleQueue | None = None  # for the sender thread, started by the first put
+        self._failed = False  # a send failed (reported once)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"_actor": self._actor, "key": self.key, "_outbox": None, "_failed": False}
 
     @classmethod
     def open(cls, node_id: str | None = None) -> LiveChannel:
@@ -80,9 +92,23 @@ class LiveChannel:
         return cls(ray.remote(LiveChannelActor).options(**options).remote())
 
     def put(self, kind: str, items: list[dict[str, Any]]) -> None:
-        """Send ``items`` without waiting for them to arrive (the call's result is dropped). A put
-        that cannot be made is reported once and never stops training: rows still go with the
-        epoch's report."""
+        """Queue ``items`` (not modified afterwards) for the sender thread; returns at once."""
+        if self._outbox is None:
+            with _SENDER_START:
+                if self._outbox is None:
+                    outbox: queue.SimpleQueue = queue.SimpleQueue()
+                    threading.Thread(target=self._sender, args=(outbox,), name="live-channel", daemon=True).start()
+                    self._outbox = outbox
+        self._outbox.put((kind, items))
+
+    def _sender(self, outbox: queue.SimpleQueue) -> None:
+        while True:
+            self.send(*outbox.get())
+
+    def send(self, kind: str, items: list[dict[str, Any]]) -> None:
+        """The actor call itself, on this thread, its result dropped (~0.1-2 ms here, BENCHMARKS.md). A
+        call that cannot be made is reported once and never stops training: the rows still go with
+        the epoch's report."""
         try:
             self._actor.put.remote(kind, items)
         except Exception as err:  # Ray shutting down, an invalid handle
@@ -115,18 +141,28 @@ class LiveChannel:
 
 
 class LiveSteps(HookBase):
-    """A training hook the driver adds to every worker: rank 0 puts each new progress row into
-    ``channel`` at the end of the step that made it. Register it after
-    :class:`~pipeline.training.hooks.StepLogger` (the driver's hooks come after the default ones)."""
+    """A training hook the driver adds to every worker: rank 0 puts its new progress rows into
+    ``channel`` at the end of a step, at most once every ``min_interval_s`` seconds (the rows of
+    faster steps go together: the controller takes them that often anyway) and at the epoch's last
+    step. Register it after :class:`~pipeline.training.hooks.StepLogger` (the driver's hooks come
+    after the default ones)."""
 
-    def __init__(self, channel: LiveChannel):
-        self.channel = channel
+    def __init__(self, channel: LiveChannel, min_interval_s: float = LIVE_INTERVAL_S):
+        self.channel, self.min_interval_s = channel, min_interval_s
+
+    def before_train(self) -> None:
+        self._last_put = -math.inf
 
     def before_epoch(self) -> None:
         self._sent = 0
 
     def after_step(self) -> None:
-        rows = self.trainer.report.get(STEPS_KEY)
-        if rows and len(rows) > self._sent:
-            self.channel.put(STEPS_KEY, rows[self._sent:])
-            self._sent = len(rows)
+        t = self.trainer
+        rows = t.report.get(STEPS_KEY)
+        if not rows or len(rows) == self._sent:
+            return
+        now = time.monotonic()
+        if now - self._last_put < self.min_interval_s and t.step + 1 != t.steps_per_epoch:
+            return
+        self.channel.put(STEPS_KEY, rows[self._sent:])
+        self._sent, self._last_put = len(rows), now

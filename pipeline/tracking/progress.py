@@ -38,6 +38,7 @@ from typing import Any, Protocol
 
 from ray.train import UserCallback
 
+from pipeline.tracking.channel import LIVE_INTERVAL_S, ChannelClosed
 from pipeline.training.report import HISTORY_KEY, STEPS_KEY, SYSTEM_KEY, epoch_metrics
 from pipeline.training.report import is_number as _number
 
@@ -47,7 +48,7 @@ __all__ = ["HISTORY_KEY", "POLL_S", "STEPS_KEY", "SYSTEM_KEY", "EpochReport", "M
 logger = logging.getLogger(__name__)
 
 EPOCH_PREFIX, STEP_PREFIX = "epoch/", "train/"  # MLflow metric names: epoch/loss (step = epoch), train/loss
-POLL_S = 1.0  # how often the Train controller takes what the live channel holds
+POLL_S = LIVE_INTERVAL_S  # how often the Train controller takes what the live channel holds (1 s)
 # Keys that Ray Tune adds to every result (not training metrics).
 _TUNE_KEYS = {"training_iteration", "time_total_s", "time_this_iter_s", "time_since_restore", "timestamp",
               "timesteps_total", "timesteps_since_restore", "iterations_since_restore", "episodes_total", "pid",
@@ -297,8 +298,6 @@ class Relay:
 
     def drain(self) -> bool:
         """Deliver what the channel holds; False once the channel is closed (training ended)."""
-        from pipeline.tracking.channel import ChannelClosed
-
         try:
             items = self.channel.take()
         except ChannelClosed:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from pipeline.tracking import system_metrics
 from pipeline.tracking.channel import LiveSteps
 from pipeline.training.engine import HookBase
@@ -32,17 +34,20 @@ class PutsPerStep(HookBase):
         self.seen.append((self.trainer.global_step, len(self.channel.items)))
 
 
-def test_rank_zero_puts_each_row_at_its_step(tiny_params, tiny_coco):
+@pytest.mark.parametrize(("min_interval_s", "puts", "seen"), [
+    (0.0, [[1], [3], [4]], [(1, 1), (2, 1), (3, 2), (4, 3)]),   # each row at the end of its step
+    (3600.0, [[1], [3, 4]], [(1, 1), (2, 1), (3, 1), (4, 2)]),  # at most one put an hour, and the epoch's last step
+])
+def test_rank_zero_puts_its_rows_at_the_end_of_a_step(tiny_params, tiny_coco, min_interval_s, puts, seen):
     params = tiny_params("train.log_every=2", "train.val_every=0", "train.precise_bn_images=0")
     trainer, _ = build_trainer(params, tiny_coco)
     channel = Channel()
-    puts = PutsPerStep(channel)
-    trainer.register_hooks([*default_hooks(params, tiny_coco, rank=0), LiveSteps(channel), puts])
+    counts = PutsPerStep(channel)
+    trainer.register_hooks([*default_hooks(params, tiny_coco, rank=0), LiveSteps(channel, min_interval_s), counts])
     trainer.train()
-    # 4 steps, log_every=2: rows at the 1st and 3rd step and at the epoch's last; one put each, at once
-    assert [(kind, [r["step"] for r in rows]) for kind, rows in channel.items] == [
-        (STEPS_KEY, [1]), (STEPS_KEY, [3]), (STEPS_KEY, [4])]
-    assert puts.seen == [(1, 1), (2, 1), (3, 2), (4, 3)]
+    # 4 steps, log_every=2: rows at the 1st and 3rd step and at the epoch's last
+    assert [(kind, [r["step"] for r in rows]) for kind, rows in channel.items] == [(STEPS_KEY, p) for p in puts]
+    assert counts.seen == seen
     assert set(channel.items[0][1][0]) >= {"step", "loss", "loss_cls", "lr", "images_per_s"}
     assert [r["step"] for r in trainer.report[STEPS_KEY]] == [1, 3, 4]  # the epoch's report carries them again
 
