@@ -1,15 +1,15 @@
 """What sending progress rows live costs a worker, against the training step it follows.
 
-With a live channel (``pipeline/tracking/channel.py``), rank 0's :class:`LiveSteps` hook puts its new
-progress rows at the end of a step, at most once a second; a put only queues them, and a daemon thread
-of the worker makes the actor call (whose result nobody waits for). This measures, in one Ray Train
-run with one CPU worker training the default model (``params.yaml``'s ``model`` and ``train``
-sections, ``train.batch_size`` random images of ``data.resize.max_size`` px with 2-6 boxes) with
-``log_every: 1`` (a row after every step, the most the training loop makes), ``--steps`` steps twice:
+With a live channel (``pipeline/tracking/channel.py``), rank 0's :class:`LiveSteps` hook puts each new
+progress row at the end of its step; a put only queues it, and a daemon thread of the worker sends
+what is queued in one actor call (whose result nobody waits for) at most once a second. This
+measures, in one Ray Train run with one CPU worker training the default model (``params.yaml``'s
+``model`` and ``train`` sections, ``train.batch_size`` random images of ``data.resize.max_size`` px
+with 2-6 boxes) with ``log_every: 1`` (a row after every step, the most the training loop makes),
+``--steps`` steps twice:
 
 - ``LiveSteps``: the mean time per step that the training thread spends in ``LiveSteps.after_step``
-  (queueing the rows when a put is due, nothing otherwise), against the step: the cost the issue
-  bounds at 1% of a step;
+  (queueing the step's row), against the step: the cost the issue bounds at 1% of a step;
 - ``actor call``: the same rows sent by the actor call itself after every step, on the training
   thread (``LiveChannel.send``, what the sender thread does instead): median and 95th percentile;
 - the peer, ``step``: the median time of ``Trainer.run_step`` (forward, backward, optimiser) in the
@@ -114,7 +114,7 @@ def loop(config: dict) -> None:
 
     class SendEveryStep(HookBase):
         def after_step(self) -> None:
-            self.channel.send(STEPS_KEY, self.trainer.report[STEPS_KEY][-1:])
+            self.channel.send([(STEPS_KEY, self.trainer.report[STEPS_KEY][-1:])])
 
     def train(hook: HookBase, first_step: int) -> tuple[list[float], list[float]]:
         trainer = Trainer(model, optimizer, build_scheduler(optimizer, params.train, steps), batches,

@@ -6,20 +6,22 @@ stall training (BENCHMARKS.md, "Ray Train report cost"). What should be seen soo
 a small actor instead, a :class:`LiveChannel` that the driver opens before training (on its own
 node, next to the Train controller, with no CPU reserved) and closes when training ends:
 
-- on the workers, :class:`LiveSteps` (rank 0) puts the progress rows that
+- on the workers, :class:`LiveSteps` (rank 0) puts each progress row that
   :class:`~pipeline.training.hooks.StepLogger` makes (every ``train.log_every`` steps, at least
-  every 30 s) at the end of their step, at most once a second (:data:`LIVE_INTERVAL_S`: the rows
-  of faster steps go together), and :class:`~pipeline.tracking.system_metrics.NodeMetrics` puts
-  each system-metric sample as it is taken (every ``mlflow.system_metrics_interval_s``). A put only
-  queues the rows (microseconds of the training thread, BENCHMARKS.md "Live progress rows"); a
-  daemon thread makes the actor call, whose result nobody waits for: no round trip per step;
+  every 30 s) at the end of its step, and :class:`~pipeline.tracking.system_metrics.NodeMetrics`
+  puts each system-metric sample as it is taken (every ``mlflow.system_metrics_interval_s``). A put
+  only queues (microseconds of the training thread, BENCHMARKS.md "Live progress rows"); a daemon
+  thread of the worker sends what is queued in one actor call at most once every
+  :data:`LIVE_INTERVAL_S` (1 s), whose result nobody waits for: no round trip per step, and no
+  more than one call a second however short the steps;
 - in the Train controller, :class:`~pipeline.tracking.progress.ProgressCallback` takes what arrived
   every second, in a daemon thread, and hands it to the sinks (MLflow, DVCLive).
 
-The epoch's report still carries the epoch's rows, so a row whose put was lost (a worker that died
-right after making it) still arrives with its epoch; the driver's side delivers each global step
-once. These hooks are defined here and added by the driver (``fit``'s ``train_loop_config["hooks"]``):
-the workers' own code (:mod:`pipeline.training`) does not depend on tracking.
+So a row reaches the sinks ~1-2 s after its step (plus the time the sinks take). The epoch's
+report still carries the epoch's rows, so a row whose put was lost (a worker that died right after
+making it) still arrives with its epoch; the driver's side delivers each global step once. These
+hooks are defined here and added by the driver (``fit``'s ``train_loop_config["hooks"]``): the
+workers' own code (:mod:`pipeline.training`) does not depend on tracking.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ __all__ = ["LIVE_INTERVAL_S", "ChannelClosed", "LiveChannel", "LiveSteps"]
 logger = logging.getLogger(__name__)
 
 Item = tuple[str, list[dict[str, Any]]]  # (kind: STEPS_KEY or SYSTEM_KEY, rows or samples)
-LIVE_INTERVAL_S = 1.0  # rank 0 puts its rows at most this often; the Train controller takes them this often
+LIVE_INTERVAL_S = 1.0  # a worker sends at most this often; the Train controller takes this often
 _SENDER_START = threading.Lock()  # one sender thread per channel handle, whichever thread puts first
 
 
@@ -50,13 +52,13 @@ class ChannelClosed(RuntimeError):
 
 
 class LiveChannelActor:
-    """The actor behind a :class:`LiveChannel`: what was put since the last take, in order."""
+    """The actor behind a :class:`LiveChannel`: what was sent since the last take, in order."""
 
     def __init__(self) -> None:
         self._items: list[Item] = []
 
-    def put(self, kind: str, items: list[dict[str, Any]]) -> None:
-        self._items.append((kind, items))
+    def put(self, items: list[Item]) -> None:
+        self._items += items
 
     def take(self) -> list[Item]:
         items, self._items = self._items, []
@@ -66,18 +68,20 @@ class LiveChannelActor:
 class LiveChannel:
     """A handle on the channel's actor; picklable, so it travels to the workers and the Train controller.
 
-    :meth:`put` only queues (the caller's cost is an append); a daemon thread of the process makes
-    the actor calls, in the order of the puts (Ray runs one caller's calls to an actor in order).
-    :attr:`key` names the channel (its relay on the driver's side is one per key).
+    :meth:`put` only queues; a daemon thread of the process, started by the first put, sends the
+    queued items in order, together, at most once every ``interval_s`` seconds (Ray runs one
+    caller's calls to an actor in order). :attr:`key` names the channel (its relay on the driver's
+    side is one per key).
     """
 
-    def __init__(self, actor: Any, key: str | None = None):
-        self._actor, self.key = actor, key or uuid.uuid4().hex
+    def __init__(self, actor: Any, key: str | None = None, interval_s: float = LIVE_INTERVAL_S):
+        self._actor, self.key, self.interval_s = actor, key or uuid.uuid4().hex, interval_s
         self._outbox: queue.SimpleQueue | None = None  # for the sender thread, started by the first put
         self._failed = False  # a send failed (reported once)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"_actor": self._actor, "key": self.key, "_outbox": None, "_failed": False}
+        return {"_actor": self._actor, "key": self.key, "interval_s": self.interval_s, "_outbox": None,
+                "_failed": False}
 
     @classmethod
     def open(cls, node_id: str | None = None) -> LiveChannel:
@@ -102,15 +106,21 @@ class LiveChannel:
         self._outbox.put((kind, items))
 
     def _sender(self, outbox: queue.SimpleQueue) -> None:
+        last = -math.inf
         while True:
-            self.send(*outbox.get())
+            items = [outbox.get()]
+            time.sleep(max(0.0, last + self.interval_s - time.monotonic()))
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    items.append(outbox.get_nowait())
+            last = time.monotonic()
+            self.send(items)
 
-    def send(self, kind: str, items: list[dict[str, Any]]) -> None:
-        """The actor call itself, on this thread, its result dropped (~0.1-2 ms here, BENCHMARKS.md). A
-        call that cannot be made is reported once and never stops training: the rows still go with
-        the epoch's report."""
+    def send(self, items: list[Item]) -> None:
+        """The actor call itself, on this thread, its result dropped. A call that cannot be made is
+        reported once and never stops training: the rows still go with the epoch's report."""
         try:
-            self._actor.put.remote(kind, items)
+            self._actor.put.remote(items)
         except Exception as err:  # Ray shutting down, an invalid handle
             if not self._failed:
                 logger.warning("live progress channel: %s: %s; progress rows now arrive with each epoch's report",
@@ -118,7 +128,7 @@ class LiveChannel:
             self._failed = True
 
     def take(self, timeout_s: float = 30.0) -> list[Item]:
-        """Everything put since the last take, oldest first (empty if the actor did not answer in time).
+        """Everything sent since the last take, oldest first (empty if the actor did not answer in time).
 
         Raises:
             ChannelClosed: the actor is gone.
@@ -141,28 +151,18 @@ class LiveChannel:
 
 
 class LiveSteps(HookBase):
-    """A training hook the driver adds to every worker: rank 0 puts its new progress rows into
-    ``channel`` at the end of a step, at most once every ``min_interval_s`` seconds (the rows of
-    faster steps go together: the controller takes them that often anyway) and at the epoch's last
-    step. Register it after :class:`~pipeline.training.hooks.StepLogger` (the driver's hooks come
-    after the default ones)."""
+    """A training hook the driver adds to every worker: rank 0 puts each new progress row into
+    ``channel`` at the end of the step that made it. Register it after
+    :class:`~pipeline.training.hooks.StepLogger` (the driver's hooks come after the default ones)."""
 
-    def __init__(self, channel: LiveChannel, min_interval_s: float = LIVE_INTERVAL_S):
-        self.channel, self.min_interval_s = channel, min_interval_s
-
-    def before_train(self) -> None:
-        self._last_put = -math.inf
+    def __init__(self, channel: LiveChannel):
+        self.channel = channel
 
     def before_epoch(self) -> None:
         self._sent = 0
 
     def after_step(self) -> None:
-        t = self.trainer
-        rows = t.report.get(STEPS_KEY)
-        if not rows or len(rows) == self._sent:
-            return
-        now = time.monotonic()
-        if now - self._last_put < self.min_interval_s and t.step + 1 != t.steps_per_epoch:
-            return
-        self.channel.put(STEPS_KEY, rows[self._sent:])
-        self._sent, self._last_put = len(rows), now
+        rows = self.trainer.report.get(STEPS_KEY)
+        if rows and len(rows) > self._sent:
+            self.channel.put(STEPS_KEY, rows[self._sent:])
+            self._sent = len(rows)
