@@ -154,10 +154,11 @@ def fit(params: Params, *, run_name: str, storage_path: str, data_dir: str | Pat
                                                  run_name=run_name, run_path=run_path, root=root)
     record = RunRecord(RUNNING, run_name, identity.to_dict(), mlflow_run=mlflow_run)
     record.write(run_path)
-    with mlflow_runs.failed_on_error(mlflow_run), _tracked_trainer(
-            params, run_name=run_name, storage_path=storage_path, data_dir=data_dir, mlflow_run=mlflow_run,
-            sinks=tracking.sinks, callbacks=callbacks, hooks=hooks) as (trainer, driver_node):
-        checkpoint, wall_time = _run_trainer(trainer, run_name, params, mlflow_run if driver_node else None)
+    with mlflow_runs.failed_on_error(mlflow_run):
+        with _tracked_trainer(params, run_name=run_name, storage_path=storage_path, data_dir=data_dir,
+                              mlflow_run=mlflow_run, sinks=tracking.sinks, callbacks=callbacks,
+                              hooks=hooks) as (trainer, driver_node):
+            checkpoint, wall_time = _run_trainer(trainer, run_name, params, mlflow_run if driver_node else None)
         record = replace(record, status=FINISHED, checkpoint_path=checkpoint.path, wall_time_s=round(wall_time, 2))
         result = _finish(params, record, checkpoint, run_path, tracking.reports_dir)
         if mlflow_run is not None:
