@@ -50,3 +50,15 @@ def test_bench_quality_both_models_both_modes(tmp_path, tiny_coco, tiny_params_y
             assert row["epochs"] == 1 and row["images_per_s"] > 0, (mode, model, row)
             assert all(0.0 <= row[k] <= 1.0 for k in ("AP", "AP50", "AP75")), (mode, model, row)
     assert result["equal_epochs"]["torchvision"]["parameters_M"] > result["equal_epochs"]["ours"]["parameters_M"]
+
+
+@pytest.mark.slow
+@pytest.mark.bench
+def test_bench_live_steps_measures_the_put_and_delivers_every_row(tmp_path, tiny_params_yaml):
+    params = tiny_params_yaml(["train.batch_size=2"])
+    out = _run([str(REPO / "benchmarks/bench_live_steps.py"), "--steps", "6", "--threads", "1", "--params", str(params)],
+               cwd=tmp_path, timeout=600)
+    assert re.search(r"training step .*: median \d+ ms", out), out
+    assert re.search(r"LiveSteps on the training thread: mean [\d.]+ us per step = [\d.]+% of a step", out), out
+    assert re.search(r"the actor call \(on the sender thread\): median \d+ us, p95 \d+ us = [\d.]+% of a step", out), out
+    assert "rows delivered live to the driver's side: 12 of 12" in out, out

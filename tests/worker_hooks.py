@@ -2,7 +2,8 @@
 
 Test instrumentation lives here, not in production code: what each rank did (:class:`Record`),
 a worker that dies (:class:`ExitAt`) or hangs (:class:`HangAt`) once, a loss that becomes NaN
-(:class:`PoisonAt`), warnings from a worker (:class:`Warn`). Ray ships them to the workers by value (this module is not importable
+(:class:`PoisonAt`), warnings from a worker (:class:`Warn`), rank 0 holding a step until the test has seen what it waits for
+(:class:`HoldAt`). Ray ships them to the workers by value (this module is not importable
 there).
 """
 
@@ -94,6 +95,23 @@ class HangAt(HookBase):
     def before_step(self) -> None:
         if self.trainer.global_step == self.step and _first_to_create(self.marker):
             time.sleep(3600)
+
+
+class HoldAt(HookBase):
+    """Rank 0 waits before global step ``step`` until ``release`` exists (at most ``timeout_s``), then
+    writes ``released`` or ``timed out`` into ``outcome``: the test watches the driver's side meanwhile."""
+
+    def __init__(self, step: int, release: str | Path, outcome: str | Path, timeout_s: float = 60.0):
+        self.step, self.release, self.outcome, self.timeout_s = step, str(release), str(outcome), timeout_s
+
+    def before_step(self) -> None:
+        t = self.trainer
+        if t.rank != 0 or t.global_step != self.step:
+            return
+        deadline = time.monotonic() + self.timeout_s
+        while not os.path.exists(self.release) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        Path(self.outcome).write_text("released" if os.path.exists(self.release) else "timed out")
 
 
 class PoisonAt(HookBase):

@@ -21,18 +21,21 @@ from the finished run, and the record points at that run from then on.
 Test-only behaviour stays out of this module: a test passes its own worker ``hooks`` (fault
 injection, records of what each rank did) and its own preflight ``check``.
 
-Tracking happens on the driver's side only (:mod:`pipeline.tracking.progress`): workers report,
-a Ray Train callback in the controller logs to MLflow, so no worker needs the tracking store.
+Tracking happens on the driver's side only (:mod:`pipeline.tracking.progress`): workers report
+each epoch and send their progress rows and system-metric samples through a live channel as they
+go (:mod:`pipeline.tracking.channel`, opened here for the run and closed when it ends); a Ray Train
+callback in the controller logs them to MLflow and DVCLive, so no worker needs the tracking store.
 System metrics (:mod:`pipeline.tracking.system_metrics`): the driver samples its own node into
-the run; the other nodes' samples arrive with the reports.
+the run; the other nodes' samples arrive through the channel.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -156,10 +159,10 @@ def fit(params: Params, *, run_name: str, storage_path: str, data_dir: str | Pat
     record = RunRecord(RUNNING, run_name, identity.to_dict(), mlflow_run=mlflow_run)
     record.write(run_path)
     with mlflow_runs.failed_on_error(mlflow_run):
-        trainer, driver_node = _tracked_trainer(params, run_name=run_name, storage_path=storage_path,
-                                                data_dir=data_dir, mlflow_run=mlflow_run, sinks=tracking.sinks,
-                                                callbacks=callbacks, hooks=hooks)
-        checkpoint, wall_time = _run_trainer(trainer, run_name, params, mlflow_run if driver_node else None)
+        with _tracked_trainer(params, run_name=run_name, storage_path=storage_path, data_dir=data_dir,
+                              mlflow_run=mlflow_run, sinks=tracking.sinks, callbacks=callbacks,
+                              hooks=hooks) as (trainer, driver_node):
+            checkpoint, wall_time = _run_trainer(trainer, run_name, params, mlflow_run if driver_node else None)
         record = replace(record, status=FINISHED, checkpoint_path=checkpoint.path, wall_time_s=round(wall_time, 2))
         result = _finish(params, record, checkpoint, run_path, tracking.reports_dir)
         if mlflow_run is not None:
@@ -216,12 +219,7 @@ def _system_metrics(params: Params, tracked: bool) -> tuple[SystemMetricsSetting
     """
     if not params.mlflow.system_metrics:
         return None, None
-    driver_node = None
-    if tracked:
-        try:
-            driver_node = this_node()[1]
-        except Exception:  # not on a Ray node
-            driver_node = None
+    driver_node = _driver_node_id() if tracked else None
     return SystemMetricsSettings(params.mlflow.system_metrics_interval_s, skip_node_id=driver_node), driver_node
 
 
@@ -240,22 +238,29 @@ def _log_final(params: Params, run: mlflow_runs.MlflowRun, result: TrainResult, 
 
 # --------------------------------------------------------------------------- the trainer
 def build_torch_trainer(params: Params, *, run_name: str, storage_path: str, data_dir: str | Path,
-                  callbacks: Sequence[Any] = (), hooks: Sequence[Any] = (),
-                  system: SystemMetricsSettings | None = None) -> Any:
+                        callbacks: Sequence[Any] = (), hooks: Sequence[Any] = (),
+                        system: SystemMetricsSettings | None = None, channel: Any = None) -> Any:
     """The ``TorchTrainer`` of one run: ``params.ray``'s workers, failures, checkpoints.
 
     The workers receive ``train_loop_config`` ``{"params", "data_dir", "hooks"}``: ``hooks`` are
-    registered on their trainer, after them :class:`~pipeline.tracking.system_metrics.NodeMetrics`
-    when ``system`` says what they sample.
+    registered on their trainer, after them :class:`~pipeline.tracking.channel.LiveSteps` when
+    there is a live ``channel`` (:class:`~pipeline.tracking.channel.LiveChannel`), and
+    :class:`~pipeline.tracking.system_metrics.NodeMetrics` when ``system`` says what they sample
+    (publishing into ``channel``, if any).
     """
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from pipeline.tracking.channel import LiveSteps
     from pipeline.tracking.system_metrics import NodeMetrics
 
     rp = params.ray
     score = rp.checkpoint_score_attribute
-    hooks = [*hooks, NodeMetrics(system)] if system is not None else list(hooks)
+    hooks = list(hooks)
+    if channel is not None:
+        hooks.append(LiveSteps(channel))
+    if system is not None:
+        hooks.append(NodeMetrics(system, channel))
     return TorchTrainer(
         _train_fn,
         train_loop_config={"params": params, "data_dir": str(data_dir), "hooks": hooks},
@@ -273,21 +278,36 @@ def build_torch_trainer(params: Params, *, run_name: str, storage_path: str, dat
     )
 
 
+@contextlib.contextmanager
 def _tracked_trainer(params: Params, *, run_name: str, storage_path: str, data_dir: Path,
                      mlflow_run: mlflow_runs.MlflowRun | None, sinks: Sequence[Any], callbacks: Sequence[Any],
-                     hooks: Sequence[Any]) -> tuple[Any, str | None]:
-    """:func:`build_torch_trainer` with the driver-side tracking (MLflow first, then ``sinks``) as a callback;
-    also the driver's node when the driver samples it into ``mlflow_run``."""
+                     hooks: Sequence[Any]) -> Iterator[tuple[Any, str | None]]:
+    """:func:`build_torch_trainer` with the driver-side tracking (MLflow first, then ``sinks``) as a callback
+    fed by the epoch reports and a live channel (:mod:`pipeline.tracking.channel`, on the driver's node,
+    closed when the block ends); also the driver's node when the driver samples it into ``mlflow_run``."""
     from pipeline.tracking import progress
+    from pipeline.tracking.channel import LiveChannel
 
     system, driver_node = _system_metrics(params, tracked=mlflow_run is not None)
     sinks = list(sinks)
     if mlflow_run is not None:
         sinks.insert(0, progress.MlflowMetrics(mlflow_run["tracking_uri"], mlflow_run["run_id"]))
-    callbacks = [progress.ProgressCallback(sinks), *callbacks] if sinks else list(callbacks)
-    trainer = build_torch_trainer(params, run_name=run_name, storage_path=storage_path, data_dir=data_dir,
-                            callbacks=callbacks, hooks=hooks, system=system)
-    return trainer, driver_node
+    channel = LiveChannel.open(_driver_node_id()) if sinks else None
+    try:
+        callbacks = [progress.ProgressCallback(sinks, channel), *callbacks] if sinks else list(callbacks)
+        yield build_torch_trainer(params, run_name=run_name, storage_path=storage_path, data_dir=data_dir,
+                                  callbacks=callbacks, hooks=hooks, system=system, channel=channel), driver_node
+    finally:
+        if channel is not None:
+            channel.close()
+
+
+def _driver_node_id() -> str | None:
+    """The Ray node the driver runs on; None for a driver outside the cluster (Ray Client)."""
+    try:
+        return this_node()[1]
+    except Exception:
+        return None
 
 
 def _run_trainer(trainer: Any, run_name: str, params: Params, monitored: mlflow_runs.MlflowRun | None

@@ -1,29 +1,34 @@
-"""Training progress from the workers to the driver: the epoch report and where it goes.
+"""Training progress from the workers to the driver: what they send, and where it goes.
 
-Workers never write to the tracking store. Once per epoch every rank calls
-``ray.train.report`` (a barrier Ray Train needs anyway for the checkpoint); rank 0's metrics
-(:func:`epoch_metrics`) carry the epoch's row (epoch, loss terms, lr, throughput, validation AP,
-world size) and the progress rows it printed every ``train.log_every`` steps, so step-level
-curves reach the tracking store without a report per step.
+Workers never write to the tracking store. What they send reaches the Train controller (which Ray
+places on the driver's node, so a local ``sqlite:///`` store works on any cluster) two ways:
 
-The local rank 0 of each node that samples its system metrics
-(:mod:`pipeline.tracking.system_metrics`) adds the samples it took during the epoch
-(``system``), and rank 0's first report after a (re)start carries the whole history of the run
-so far (``history``), so that a sink that rewrites its files from scratch (live DVC metrics)
-never shows an epoch twice after a resume or a restart.
+- **live, during the epoch**, through the run's live channel (:mod:`pipeline.tracking.channel`):
+  rank 0's progress rows, every ``train.log_every`` steps and at least every 30 s, and the
+  system-metric samples of the nodes the workers sample (:mod:`pipeline.tracking.system_metrics`),
+  every ``mlflow.system_metrics_interval_s``;
+- **once per epoch**, ``ray.train.report`` of every rank (a barrier Ray Train needs anyway for the
+  checkpoint): rank 0's metrics (:func:`epoch_metrics`) carry the epoch's row (epoch, loss terms,
+  lr, throughput, validation AP, world size) and the epoch's progress rows again; without a live
+  channel (a sweep's trials) the sampled nodes' samples ride on them too; rank 0's first report
+  after a (re)start carries the whole history of the run so far, so that a sink that rewrites its
+  files from scratch (live DVC metrics) never shows an epoch twice after a resume or a restart.
 
-Every report arrives in one place on the driver's side: :class:`ProgressCallback`, a Ray Train
-``UserCallback`` that runs in the Train controller (which Ray places on the driver's node, so a
-local ``sqlite:///`` store works on any cluster). It turns the per-rank metrics into an
-:class:`EpochReport` and hands it to each *sink*: anything with an ``on_epoch(report)`` method,
-:class:`MlflowMetrics` and the live DVC metrics of :mod:`pipeline.tracking.live`. A Ray Tune
-sweep forwards the same metrics to its driver (:class:`pipeline.tuning.callbacks.TrialReport`),
-where :class:`pipeline.tracking.trials.TrialTracker` feeds them to :class:`MlflowMetrics`.
+:class:`ProgressCallback`, a Ray Train ``UserCallback`` in the Train controller, receives both: a
+daemon thread takes what the channel holds every :data:`POLL_S` seconds, the epoch reports arrive
+in ``after_report``, and a :class:`Relay` hands everything to each *sink*, one delivery at a time
+(a lock), each global step once however many ways it arrived (its live copy, the epoch report's
+copy, the repeat of an epoch after a worker failure). A sink has ``on_epoch(report)`` and may have
+``on_steps(rows)`` and ``on_system(samples)``: :class:`MlflowMetrics` and the live DVC metrics of
+:mod:`pipeline.tracking.live`. A Ray Tune sweep forwards the epoch reports to its driver
+(:class:`pipeline.tuning.callbacks.TrialReport`), where :class:`pipeline.tracking.trials.TrialTracker`
+feeds them to :class:`MlflowMetrics` (:func:`dispatch`): a trial's step curves arrive once per epoch.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import logging
 import threading
@@ -33,15 +38,17 @@ from typing import Any, Protocol
 
 from ray.train import UserCallback
 
+from pipeline.tracking.channel import LIVE_INTERVAL_S, ChannelClosed
 from pipeline.training.report import HISTORY_KEY, STEPS_KEY, SYSTEM_KEY, epoch_metrics
 from pipeline.training.report import is_number as _number
 
-__all__ = ["HISTORY_KEY", "STEPS_KEY", "SYSTEM_KEY", "EpochReport", "MetricsSink", "MlflowMetrics",
-           "ProgressCallback", "epoch_metrics", "merge_system"]
+__all__ = ["HISTORY_KEY", "POLL_S", "STEPS_KEY", "SYSTEM_KEY", "EpochReport", "MetricsSink", "MlflowMetrics",
+           "ProgressCallback", "Relay", "dispatch", "epoch_metrics", "merge_system"]
 
 logger = logging.getLogger(__name__)
 
 EPOCH_PREFIX, STEP_PREFIX = "epoch/", "train/"  # MLflow metric names: epoch/loss (step = epoch), train/loss
+POLL_S = LIVE_INTERVAL_S  # how often the Train controller takes what the live channel holds (1 s)
 # Keys that Ray Tune adds to every result (not training metrics).
 _TUNE_KEYS = {"training_iteration", "time_total_s", "time_this_iter_s", "time_since_restore", "timestamp",
               "timesteps_total", "timesteps_since_restore", "iterations_since_restore", "episodes_total", "pid",
@@ -60,6 +67,22 @@ def merge_system(metrics_per_rank: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _rank_zero(metrics_per_rank: list[dict[str, Any]]) -> dict[str, Any]:
     return next((m for m in metrics_per_rank if STEPS_KEY in m), metrics_per_rank[0])
+
+
+def _step_rows(value: Any) -> list[dict[str, float]]:
+    return [{k: float(v) for k, v in row.items() if _number(v)}
+            for row in value or [] if isinstance(row, dict) and _number(row.get("step"))]
+
+
+def _steps_after(rows: list[dict[str, float]], last_step: float) -> tuple[list[dict[str, float]], float]:
+    """The rows, in the order they were made, whose step is above every step before them (``last_step``
+    included): a step at or below is a copy or a repeat. Also the new highest step."""
+    fresh = []
+    for row in rows:
+        if row["step"] > last_step:
+            fresh.append(row)
+            last_step = row["step"]
+    return fresh, last_step
 
 
 def _system_samples(value: Any) -> list[dict[str, Any]]:
@@ -95,8 +118,7 @@ class EpochReport:
             return None
         numbers = {k: float(v) for k, v in metrics.items()
                    if k not in _TUNE_KEYS and k != "epoch" and _number(v)}
-        steps = [{k: float(v) for k, v in row.items() if _number(v)}
-                 for row in metrics.get(STEPS_KEY) or [] if isinstance(row, dict) and _number(row.get("step"))]
+        steps = _step_rows(metrics.get(STEPS_KEY))
         history = metrics.get(HISTORY_KEY)
         if history is not None:
             history = [{k: float(v) for k, v in row.items() if _number(v)}
@@ -118,17 +140,29 @@ class EpochReport:
         return {"epoch": self.epoch, **self.metrics}
 
 
+
 class MetricsSink(Protocol):
-    """Receives every epoch report of one run, in order (a repeated epoch arrives again)."""
+    """Receives one run's progress, in order: ``on_epoch(report)`` for every epoch report (a
+    repeated epoch arrives again), and, if it has them, ``on_steps(rows)`` for progress rows and
+    ``on_system(samples)`` for the nodes' system-metric samples as they arrive during the epoch.
+
+    A report's own ``steps`` and ``system`` are recorded by ``on_epoch`` too: they are empty when
+    :class:`Relay` has delivered them apart, and full where a report is handed over whole
+    (:func:`dispatch`, a sweep's trials).
+    """
 
     def on_epoch(self, report: EpochReport) -> None: ...
 
 
 class MlflowMetrics:
-    """Logs reports into one MLflow run: ``epoch/<k>`` at step = epoch, ``train/<k>`` at the global
-    step, the nodes' samples as MLflow system metrics ``system/<node>/<k>`` at their sampling times.
+    """Logs a run's progress into one MLflow run: ``train/<k>`` at the global step, the nodes'
+    samples as MLflow system metrics ``system/<node>/<k>`` at their sampling times, ``epoch/<k>`` at
+    step = epoch (a sweep's epoch-0 report under the plain names).
 
-    Picklable (Ray ships it to the Train controller); the client is made on first use.
+    MLflow keeps every value it is given, two at one step included, so rows at a step the run
+    already has are skipped: the steps a resumed run repeats after its last checkpoint, when an
+    earlier driver logged them live. Picklable (Ray ships it to the Train controller); the client
+    is made on first use.
     """
 
     def __init__(self, tracking_uri: str, run_id: str):
@@ -137,29 +171,59 @@ class MlflowMetrics:
         self.tracking_uri, self.run_id = tracking_uri, run_id
         self._client: Any = None
         self._system_steps = SampleSteps()
+        self._last_step: float | None = None  # the run's highest train/ step (read from the store once)
 
     def __getstate__(self) -> dict[str, Any]:
         return {"tracking_uri": self.tracking_uri, "run_id": self.run_id, "_client": None,
-                "_system_steps": self._system_steps}
+                "_system_steps": self._system_steps, "_last_step": None}
 
     def warm_up(self) -> None:
         """Import MLflow (~2 s), called in the background when the sink arrives in the Train controller."""
         importlib.import_module("mlflow.tracking")
 
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(self.tracking_uri)
+        return self._client
+
+    def on_steps(self, rows: list[dict[str, float]]) -> None:
+        self._log(*self._step_metrics(rows))
+
+    def on_system(self, samples: list[dict[str, Any]]) -> None:
+        self._log(self._system_steps.to_metrics(self.client, self.run_id, samples))
+
     def on_epoch(self, report: EpochReport) -> None:
         from mlflow.entities import Metric
-        from mlflow.tracking import MlflowClient
 
-        if self._client is None:
-            self._client = MlflowClient(self.tracking_uri)
+        metrics, last_step = self._step_metrics(report.steps)
         now = int(time.time() * 1000)
-        metrics = [Metric(f"{STEP_PREFIX}{k}", v, now, int(row["step"]))
-                   for row in report.steps for k, v in row.items() if k != "step"]
         metrics += [Metric(f"{EPOCH_PREFIX}{k}" if report.epoch > 0 else k, v, now, report.epoch)
                     for k, v in report.metrics.items()]
-        metrics += self._system_steps.to_metrics(self._client, self.run_id, report.system)
+        metrics += self._system_steps.to_metrics(self.client, self.run_id, report.system)
+        self._log(metrics, last_step)
+
+    def _step_metrics(self, rows: list[dict[str, float]]) -> tuple[list[Any], float | None]:
+        """``train/<k>`` metrics of the rows at steps the run does not have yet, and their last step."""
+        from mlflow.entities import Metric
+
+        if not rows:
+            return [], None
+        if self._last_step is None:
+            history = self.client.get_metric_history(self.run_id, f"{STEP_PREFIX}loss")
+            self._last_step = max((m.step for m in history), default=-1)
+        rows, last_step = _steps_after(rows, self._last_step)
+        now = int(time.time() * 1000)
+        return [Metric(f"{STEP_PREFIX}{k}", v, now, int(row["step"])) for row in rows for k, v in row.items()
+                if k != "step"], last_step
+
+    def _log(self, metrics: list[Any], last_step: float | None = None) -> None:
         for i in range(0, len(metrics), 1000):  # log_batch takes at most 1000 metrics per call
-            self._client.log_batch(self.run_id, metrics=metrics[i:i + 1000])
+            self.client.log_batch(self.run_id, metrics=metrics[i:i + 1000])
+        if last_step is not None:  # recorded: not logged again
+            self._last_step = last_step
 
 
 def _in_train_controller() -> bool:
@@ -173,29 +237,133 @@ def _in_train_controller() -> bool:
         return False
 
 
+def _deliver(sink: Any, method: str, payload: Any, what: str, warn: bool = True) -> bool:
+    """``sink.<method>(payload)`` if the sink has that method; a failure is logged (if ``warn``), not
+    raised: tracking trouble must not kill a training run. False if it failed."""
+    call = getattr(sink, method, None)
+    if call is None:
+        return True
+    try:
+        call(payload)
+    except Exception as err:
+        if warn:
+            logger.warning("%s could not record %s: %s: %s", type(sink).__name__, what, type(err).__name__, err)
+        return False
+    return True
+
+
+def _describe_steps(rows: list[dict[str, float]]) -> str:
+    first, last = int(rows[0]["step"]), int(rows[-1]["step"])
+    return f"step {first}" if first == last else f"steps {first}-{last}"
+
+
 def dispatch(sinks: list[MetricsSink], report: EpochReport | None) -> None:
-    """Hand ``report`` to every sink; a failing sink is reported and does not stop the training."""
+    """Hand ``report`` whole (rows and samples included) to every sink's ``on_epoch``; a failing sink
+    is reported and does not stop the training."""
     if report is None:
         return
     for sink in sinks:
+        _deliver(sink, "on_epoch", report, f"epoch {report.epoch}")
+
+
+class Relay:
+    """Delivers one training's progress to its sinks: what the live ``channel`` holds (taken every
+    ``poll_s`` seconds in a daemon thread, :meth:`start`) and the epoch reports (:meth:`epoch`).
+
+    Deliveries take a lock (sinks never run concurrently) and each global step goes out once:
+    rows at or below the highest step delivered are dropped (the epoch report's copies of rows
+    that came live, the rows of an epoch repeated after a worker failure; the values a repeated
+    epoch computes again are those of the first try, epochs being idempotent). A sink failing
+    live deliveries warns once, until it records again.
+    """
+
+    def __init__(self, sinks: list[MetricsSink], channel: Any = None, poll_s: float = POLL_S):
+        self.sinks, self.channel, self.poll_s = list(sinks), channel, poll_s
+        self._lock = threading.Lock()
+        self._last_step = -1.0
+        self._failing: set[tuple[int, str]] = set()  # (sink index, method) whose failure was reported
+
+    def start(self) -> threading.Thread:
+        """Warm the sinks up (imports), then drain the channel until it is closed, in a daemon thread."""
+        thread = threading.Thread(target=self._run, name="progress-relay", daemon=True)
+        thread.start()
+        return thread
+
+    def _run(self) -> None:
+        for sink in self.sinks:
+            with contextlib.suppress(Exception):  # a sink that cannot warm up fails (and says so) when used
+                getattr(sink, "warm_up", lambda: None)()
+        while self.channel is not None and self.drain():
+            time.sleep(self.poll_s)
+
+    def drain(self) -> bool:
+        """Deliver what the channel holds; False once the channel is closed (training ended)."""
         try:
-            sink.on_epoch(report)
-        except Exception as err:  # tracking trouble must not kill a training run
-            logger.warning("%s could not record epoch %s: %s: %s", type(sink).__name__, report.epoch,
-                           type(err).__name__, err)
+            items = self.channel.take()
+        except ChannelClosed:
+            return False
+        except Exception as err:  # Ray trouble: the next poll tries again
+            logger.debug("live channel: %s: %s", type(err).__name__, err)
+            return True
+        self.live(items)
+        return True
+
+    def live(self, items: list[tuple[str, list[dict[str, Any]]]]) -> None:
+        """Deliver the live channel's ``(kind, rows or samples)`` items."""
+        steps = _step_rows([r for kind, rows in items if kind == STEPS_KEY for r in rows])
+        system = _system_samples([s for kind, samples in items if kind == SYSTEM_KEY for s in samples])
+        with self._lock:
+            self._steps_and_system(steps, system, live=True)
+
+    def epoch(self, report: EpochReport | None) -> None:
+        """Deliver an epoch report: its rows not delivered yet, its samples, then the epoch."""
+        if report is None:
+            return
+        with self._lock:
+            self._steps_and_system(report.steps, report.system, live=False)
+            epoch = dataclasses.replace(report, steps=[], system=[])
+            for sink in self.sinks:
+                _deliver(sink, "on_epoch", epoch, f"epoch {report.epoch}")
+
+    def _steps_and_system(self, steps: list[dict[str, float]], system: list[dict[str, Any]], live: bool) -> None:
+        fresh, self._last_step = _steps_after(steps, self._last_step)
+        deliveries = []
+        if fresh:
+            deliveries.append(("on_steps", fresh, _describe_steps(fresh)))
+        if system:
+            deliveries.append(("on_system", system, f"{len(system)} system-metric samples"))
+        for index, sink in enumerate(self.sinks):
+            for method, payload, what in deliveries:
+                key = (index, method)
+                if _deliver(sink, method, payload, what, warn=not (live and key in self._failing)):
+                    self._failing.discard(key)
+                else:
+                    self._failing.add(key)
+
+
+# In the Train controller: one relay per live channel. Ray unpickles the callbacks there more than once
+# (the run config travels in several of the controller's arguments); every copy must use one relay.
+_RELAYS: dict[Any, Relay] = {}
+_RELAYS_LOCK = threading.Lock()
 
 
 class ProgressCallback(UserCallback):
-    """The driver-side end of every rank's reports (a Ray Train ``UserCallback``): parse, dispatch to sinks.
+    """The driver-side end of the workers' progress (a Ray Train ``UserCallback``): the live channel's
+    rows and samples and every rank's epoch reports, parsed and relayed to the sinks (:class:`Relay`).
 
-    When it arrives in the Train controller, each sink's ``warm_up()`` (if any: importing MLflow,
-    DVCLive) runs in the background while the workers start, not when the first report is
-    waiting. Ray also ships the callbacks to every worker (in the run config of their train
-    context): there they stay inert, and no worker imports a tracking library.
+    When it arrives in the Train controller, a daemon thread warms the sinks up (``warm_up()``, if
+    any: importing MLflow, DVCLive) while the workers start, not when the first report is waiting,
+    and then drains ``channel`` (a :class:`~pipeline.tracking.channel.LiveChannel`, if given) until
+    the driver closes it. Ray also ships the callbacks to every worker (in the run config of their
+    train context): there they stay inert, and no worker imports a tracking library.
     """
 
-    def __init__(self, sinks: list[MetricsSink]):
-        self.sinks = list(sinks)
+    def __init__(self, sinks: list[MetricsSink], channel: Any = None):
+        self.sinks, self.channel = list(sinks), channel
+        self._relay: Relay | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_relay": None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -203,12 +371,18 @@ class ProgressCallback(UserCallback):
             from pipeline.console import setup_console
 
             setup_console()
-            threading.Thread(target=self._warm_up, daemon=True).start()
+            key = self.channel.key if self.channel is not None else id(self)
+            with _RELAYS_LOCK:
+                if key not in _RELAYS:
+                    _RELAYS[key] = Relay(self.sinks, self.channel)
+                    _RELAYS[key].start()
+                self._relay = _RELAYS[key]
 
-    def _warm_up(self) -> None:
-        for sink in self.sinks:
-            with contextlib.suppress(Exception):  # a sink that cannot warm up fails (and says so) when used
-                getattr(sink, "warm_up", lambda: None)()
+    @property
+    def relay(self) -> Relay:
+        if self._relay is None:  # outside the Train controller (a test): delivered on the caller's thread
+            self._relay = Relay(self.sinks, self.channel)
+        return self._relay
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
-        dispatch(self.sinks, EpochReport.from_workers(metrics, getattr(checkpoint, "path", None)))
+        self.relay.epoch(EpochReport.from_workers(metrics, getattr(checkpoint, "path", None)))

@@ -12,9 +12,10 @@ monitor does, continued when a run is resumed). The same :class:`NodeSampler` sa
   (:func:`driver_monitor`);
 - **every other node that runs a worker**: in the node's local rank 0 (:func:`worker_sampler`;
   Ray Train numbers local ranks per IP address, so one sampler per machine even where several
-  Ray nodes share one); the samples ride on that worker's epoch report (:mod:`pipeline.tracking.progress`) and the
-  driver's side logs them (:func:`to_metrics`), so a long epoch carries many samples and the
-  workers never touch the tracking store.
+  Ray nodes share one); each sample goes through the run's live channel as it is taken
+  (:mod:`pipeline.tracking.channel`), or, without one (a sweep's trial), rides on that worker's
+  epoch report (:mod:`pipeline.tracking.progress`); the driver's side logs them
+  (:class:`SampleSteps`), and the workers never touch the tracking store.
 
 Workers on the driver's node take no samples of their own (the driver covers the node), unless
 nothing on the driver's side samples it (a sweep's trials: the sweep's driver logs the trials'
@@ -24,6 +25,7 @@ reports into their runs, and its own node into the parent run).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -172,12 +174,12 @@ class NodeSampler:
             return
         self._taken += 1
         self._last = time.monotonic()
-        with self._lock:
-            self._samples.append({NODE_KEY: self.node, TIME_KEY: time.time() * 1000, **values})
+        sample = {NODE_KEY: self.node, TIME_KEY: time.time() * 1000, **values}
         if self.publish is not None:
-            with self._lock:
-                samples, self._samples = self._samples, []
-            self.publish(samples)
+            self.publish([sample])
+            return
+        with self._lock:
+            self._samples.append(sample)
 
 
 def _cpu_busy_total(times: Any) -> tuple[float, float]:
@@ -217,15 +219,16 @@ def _gpu_sample(nvml: Any, handles: list[Any]) -> dict[str, float]:
     return out
 
 
-def worker_sampler(settings: SystemMetricsSettings | None, local_rank: int) -> NodeSampler | None:
+def worker_sampler(settings: SystemMetricsSettings | None, local_rank: int,
+                   publish: Callable[[list[dict[str, Any]]], None] | None = None) -> NodeSampler | None:
     """The started sampler of this worker's node if this worker is the node's local rank 0 and
-    the driver does not sample the node; else None."""
+    the driver does not sample the node; else None. ``publish``: see :class:`NodeSampler`."""
     if settings is None or local_rank != 0:
         return None
     name, node_id = this_node()
     if node_id == settings.skip_node_id:
         return None
-    return NodeSampler(name, settings.interval_s).start()
+    return NodeSampler(name, settings.interval_s, publish=publish).start()
 
 
 class SampleSteps:
@@ -299,21 +302,23 @@ def run_monitor(run: Mapping[str, str] | None, interval_s: float) -> contextlib.
 
 class NodeMetrics(HookBase):
     """A training hook the driver adds to every worker: the local rank 0 of each node that is sampled
-    (:func:`worker_sampler`) samples it in the background and adds the samples to each epoch's report;
-    the sampler stops when training ends, however it ends."""
+    (:func:`worker_sampler`) samples it in the background and puts each sample into ``channel`` (a
+    :class:`~pipeline.tracking.channel.LiveChannel`) as it is taken, or, without a channel, adds the
+    epoch's samples to the epoch's report; the sampler stops when training ends, however it ends."""
 
-    def __init__(self, settings: SystemMetricsSettings):
-        self.settings = settings
+    def __init__(self, settings: SystemMetricsSettings, channel: Any = None):
+        self.settings, self.channel = settings, channel
         self._sampler: NodeSampler | None = None
 
     def before_train(self) -> None:
         import ray.train
 
-        self._sampler = worker_sampler(self.settings, ray.train.get_context().get_local_rank())
+        publish = functools.partial(self.channel.put, SYSTEM_KEY) if self.channel is not None else None
+        self._sampler = worker_sampler(self.settings, ray.train.get_context().get_local_rank(), publish=publish)
 
     def after_epoch(self) -> None:
         if self._sampler is not None:
-            self.trainer.report[SYSTEM_KEY] = self._sampler.drain()
+            self.trainer.report[SYSTEM_KEY] = self._sampler.drain()  # none left when they are published
 
     def after_train(self) -> None:
         if self._sampler is not None:

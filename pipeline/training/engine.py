@@ -119,7 +119,7 @@ class Trainer:
         self.batch: tuple[list[Tensor], list[dict[str, Tensor]]] | None = None  # the step's input
         self.losses: dict[str, float] = {}       # the last step's loss terms and "loss", mean over ranks
         self.lr = 0.0                            # the learning rate of the last step
-        self.report: dict[str, Any] = {}         # what hooks add to this epoch's report to the driver
+        self.report: dict[str, Any] = {}         # this epoch's report to the driver, filled by hooks as it goes
         self.hooks: list[HookBase] = []
 
     # ------------------------------------------------------------------ hooks

@@ -6,7 +6,7 @@ Like detectron2's ``engine/hooks.py``: each hook does one thing around the loop,
 1. :class:`EpochMetrics` writes the epoch's row (mean loss terms, lr, throughput, time);
 2. :class:`PreciseBN` recomputes the batch-norm statistics after the last epoch (rank 0);
 3. :class:`Validation` adds the val split's COCO AP (rank 0);
-4. :class:`StepLogger` prints the epoch's summary and hands its progress rows to the report;
+4. :class:`StepLogger` prints the epoch's summary (its progress rows are in the report already);
 5. other hooks add to the report (e.g. :class:`pipeline.tracking.system_metrics.NodeMetrics`);
 6. :class:`RayReport` reports the epoch to Ray Train, with the checkpoint from rank 0.
 """
@@ -22,9 +22,11 @@ from typing import Any
 from pipeline.training.engine import HookBase
 from pipeline.training.report import STEPS_KEY, SYSTEM_KEY, epoch_metrics, is_number
 
-__all__ = ["EpochMetrics", "PreciseBN", "RayReport", "StepLogger", "Validation"]
+__all__ = ["MAX_ROW_INTERVAL_S", "EpochMetrics", "PreciseBN", "RayReport", "StepLogger", "Validation"]
 
 logger = logging.getLogger(__name__)
+
+MAX_ROW_INTERVAL_S = 30.0  # a progress row at least this often, however many steps ``log_every`` spans
 
 
 class EpochMetrics(HookBase):
@@ -50,31 +52,37 @@ class EpochMetrics(HookBase):
 
 
 class StepLogger(HookBase):
-    """Prints progress every ``log_every`` steps and a line per epoch; keeps the printed rows for the report.
+    """Prints progress every ``log_every`` steps (and at least every ``max_interval_s`` seconds, and at
+    the epoch's last step) and a line per epoch; each printed line is also a progress row.
 
-    The rows (``step``, loss terms, ``loss``, ``lr``, ``images_per_s``) travel with the epoch's
-    report (:data:`pipeline.training.report.STEPS_KEY`), so the driver's side logs step curves.
+    The rows (``step`` = global step, loss terms, ``loss``, ``lr``, ``images_per_s``) go into the
+    epoch's report (:data:`pipeline.training.report.STEPS_KEY`) as they are made: a later hook may
+    send them on during the epoch (:class:`pipeline.tracking.channel.LiveSteps`), and the epoch's
+    report carries them all, so the driver's side logs step curves either way.
     """
 
-    def __init__(self, log_every: int):
-        self.log_every = max(1, int(log_every))
+    def __init__(self, log_every: int, max_interval_s: float = MAX_ROW_INTERVAL_S):
+        self.log_every, self.max_interval_s = max(1, int(log_every)), float(max_interval_s)
 
     def before_train(self) -> None:
         self._run_start, self._steps_this_run = time.perf_counter(), 0
+        self._last_row = self._run_start
 
     def before_epoch(self) -> None:
-        self._rows: list[dict[str, float]] = []
+        self._rows: list[dict[str, float]] = self.trainer.report.setdefault(STEPS_KEY, [])
 
     def before_step(self) -> None:
         self._step_start = time.perf_counter()
 
     def after_step(self) -> None:
-        t = self.trainer
+        t, now = self.trainer, time.perf_counter()
         self._steps_this_run += 1
-        if t.step % self.log_every and t.step + 1 != t.steps_per_epoch:
+        if (t.step % self.log_every and t.step + 1 != t.steps_per_epoch
+                and now - self._last_row < self.max_interval_s):
             return
-        ips = len(t.batch[0]) * t.world_size / max(time.perf_counter() - self._step_start, 1e-9)
-        elapsed = time.perf_counter() - self._run_start
+        self._last_row = now
+        ips = len(t.batch[0]) * t.world_size / max(now - self._step_start, 1e-9)
+        elapsed = now - self._run_start
         remaining = (t.epochs * t.steps_per_epoch - t.global_step) * elapsed / self._steps_this_run
         terms = " ".join(f"{k[5:]} {v:.3f}" for k, v in t.losses.items() if k.startswith("loss_"))
         logger.info(f"epoch {t.epoch + 1}/{t.epochs} step {t.step + 1}/{t.steps_per_epoch} "
@@ -86,7 +94,6 @@ class StepLogger(HookBase):
         logger.info("epoch {}/{} done in {:.1f}s: loss {:.3f}, {:.1f} img/s{}".format(
             t.epoch, t.epochs, row["epoch_time_s"], row["loss"], row["images_per_s"],
             "".join(f", {k} {row[k]:.3f}" for k in ("AP50", "AP", "val_loss") if k in row)))
-        t.report[STEPS_KEY] = self._rows
 
 
 class PreciseBN(HookBase):

@@ -1,7 +1,8 @@
 """What a rank reports to the driver at the end of an epoch (the wire format of ``ray.train.report``).
 
 Rank 0's metrics carry the epoch's row (epoch, loss terms, lr, throughput, validation AP,
-world size) and the progress rows it printed every ``train.log_every`` steps (:data:`STEPS_KEY`);
+world size) and the progress rows it printed every ``train.log_every`` steps (:data:`STEPS_KEY`;
+the driver may have received them during the epoch already, :mod:`pipeline.tracking.channel`);
 its first report after a (re)start also carries the whole history so far (:data:`HISTORY_KEY`).
 A node's system-metric samples travel under :data:`SYSTEM_KEY`. The driver's side reads them
 back with :class:`pipeline.tracking.progress.EpochReport`.

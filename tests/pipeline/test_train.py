@@ -12,6 +12,10 @@ Ray runs cost ~15-40 s each on 2 cores, so each test combines several checks:
   run: no worker starts, no new model version. The same command with an empty sqlite store
   records the reused run there (one run with its params, epoch metrics, model and a registry
   version, which ``models/mlflow_run.json`` names) and reuses that run from then on.
+- ``test_step_metrics_arrive_during_the_epoch``: a 1-epoch run with ``train.log_every: 1`` whose rank 0
+  holds its last step until the earlier steps' rows are in MLflow (``train/loss``) and in
+  ``dvclive/plots/steps/`` while the epoch's report is not: the rows came through the live channel.
+  Each step is recorded once, although the epoch's report carries the rows again.
 - ``test_cluster_preflight_elastic_training_tracking_and_non_finite_loss``: a local 3-node
   ``ray.cluster_utils.Cluster`` (a CPU-less head, where the driver is, and two 1-CPU nodes):
   too many workers / GPUs and data missing on one node fail before training; an elastic
@@ -36,7 +40,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from worker_hooks import ExitAt, HangAt, PoisonAt, Record, Warn, read_records
+from worker_hooks import ExitAt, HangAt, HoldAt, PoisonAt, Record, Warn, read_records
 
 from pipeline.cli import main
 
@@ -281,6 +285,63 @@ def test_stage_resume_fault_tolerance_and_mlflow(tmp_path, tiny_coco, tiny_param
     assert json.loads(Path("models/mlflow_run.json").read_text())["run_id"] == run_info["run_id"]
     assert len(client.search_runs([experiment.experiment_id])) == 1
     assert [v.version for v in client.search_model_versions("name='tiny-frcnn'")] == ["1"]
+
+
+def _tsv_steps(path: Path) -> list[int]:
+    try:
+        return [int(r["step"]) for r in csv.DictReader(path.open(), delimiter="\t")]
+    except OSError:
+        return []
+
+
+def test_step_metrics_arrive_during_the_epoch(tmp_path, tiny_coco, tiny_params, local_ray, capfd, console_noise):
+    """~25 s: 8 images, 1 worker, batch 2: 4 steps; rank 0 holds step 4 until steps 1-3 are recorded."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.driver import Tracking, fit
+    from pipeline.tracking.live import DvcLiveMetrics
+
+    params = tiny_params("train.log_every=1", "train.val_every=0", "train.precise_bn_images=0")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # the default store of root=tmp_path
+    steps_tsv = tmp_path / "dvclive" / "plots" / "steps" / "loss.tsv"
+    release, outcome = tmp_path / "release", tmp_path / "outcome"
+    seen: dict[str, list[int]] = {}
+
+    def watch():  # what the driver's side recorded while rank 0 holds its last step
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not outcome.exists():
+            try:
+                client = MlflowClient(uri)
+                (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+                mlflow_steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+                epochs = client.get_metric_history(run.info.run_id, "epoch/loss")
+            except Exception:  # no store or run yet
+                mlflow_steps, epochs = [], []
+            if sorted(mlflow_steps) == [1, 2, 3] and _tsv_steps(steps_tsv) == [1, 2, 3]:
+                seen.update(mlflow=sorted(mlflow_steps), dvclive=_tsv_steps(steps_tsv), epochs=[m.step for m in epochs])
+                release.touch()
+                return
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    capfd.readouterr()
+    result = fit(params, run_name="live", storage_path=str(tmp_path / "ray"), data_dir=tiny_coco, root=tmp_path,
+                 tracking=Tracking(sinks=[DvcLiveMetrics(tmp_path / "dvclive", epochs=1, stage_dir=tmp_path, env={})]),
+                 hooks=[HoldAt(3, release, outcome)], check=None)
+    watcher.join(timeout=10)
+    console = "".join(capfd.readouterr())
+    assert outcome.read_text() == "released", seen  # the rows arrived while step 4 waited
+    assert seen == {"mlflow": [1, 2, 3], "dvclive": [1, 2, 3], "epochs": []}  # ... before the epoch's report
+    # after the epoch: every step once (the epoch's report carried steps 1-4 again), the epoch recorded
+    client = MlflowClient(uri)
+    run_id = result.mlflow_run["run_id"]
+    assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == [1, 2, 3, 4]
+    assert [m.step for m in client.get_metric_history(run_id, "epoch/loss")] == [1]
+    assert _tsv_steps(steps_tsv) == [1, 2, 3, 4]
+    assert {p.name for p in steps_tsv.parent.iterdir()} >= {"loss.tsv", "loss_cls.tsv", "lr.tsv", "images_per_s.tsv"}
+    assert json.loads((tmp_path / "dvclive" / "metrics.json").read_text())["step"] == 1
+    assert console_noise(console) == [], console  # the channel's actor went away quietly
 
 
 def test_cluster_preflight_elastic_training_tracking_and_non_finite_loss(tmp_path, tiny_coco, tiny_params,

@@ -91,3 +91,33 @@ def test_a_git_repository_without_dvc_is_left_alone(tmp_path):
     subprocess.run(["git", "init", "-q", str(stage)], check=True)
     DvcLiveMetrics(stage / "dvclive", epochs=1, stage_dir=stage, env={}).write(ROWS[:1])
     assert not (stage / ".dvc").exists() and (stage / "dvclive" / "metrics.json").is_file()
+
+
+def _steps(folder, key="loss"):
+    return [(int(r["step"]), r[key]) for r in _tsv(folder / "plots" / "steps" / f"{key}.tsv")]
+
+
+def test_progress_rows_go_to_step_files_as_they_arrive(tmp_path):
+    live_dir = tmp_path / "dvclive"
+    sink = _as_in_the_controller(DvcLiveMetrics(live_dir, epochs=2, stage_dir=tmp_path, env={}))
+    sink.on_steps([{"step": 1, "loss": 2.0, "loss_cls": 1.0, "lr": 1e-4}, {"step": 2, "loss": 1.9, "loss_cls": 0.9,
+                                                                          "lr": 2e-4}])
+    assert _steps(live_dir) == [(1, 2.0), (2, 1.9)] and _steps(live_dir, "lr") == [(1, 1e-4), (2, 2e-4)]
+    assert (live_dir / "plots/steps/loss.tsv").read_text().splitlines()[0] == "step\tloss"  # DVCLive's format
+    assert not (live_dir / "metrics.json").exists()  # the epoch's files come with the epoch
+    sink.on_epoch(EpochReport(1, {"loss": 1.95}, steps=[{"step": 3, "loss": 1.8, "loss_cls": 0.8, "lr": 3e-4}],
+                              history=[{"epoch": 1, "loss": 1.95}]))  # a report handed over whole
+    assert _steps(live_dir) == [(1, 2.0), (2, 1.9), (3, 1.8)]
+    assert json.loads((live_dir / "metrics.json").read_text()) == {"step": 1, "loss": 1.95}
+
+    # a resumed run (a new sink) repeats the steps after its checkpoint: its first rows replace them
+    resumed = _as_in_the_controller(DvcLiveMetrics(live_dir, epochs=2, stage_dir=tmp_path, env={}))
+    resumed.on_steps([{"step": 3, "loss": 1.7, "loss_cls": 0.7}, {"step": 4, "loss": 1.6, "loss_cls": 0.6}])
+    assert _steps(live_dir) == [(1, 2.0), (2, 1.9), (3, 1.7), (4, 1.6)]
+    assert _steps(live_dir, "lr") == [(1, 1e-4), (2, 2e-4)]  # step 3's lr went with the replaced rows
+    resumed.write([{"epoch": 1, "loss": 1.95}, {"epoch": 2, "loss": 1.65}])  # the epoch files only
+    assert _steps(live_dir) == [(1, 2.0), (2, 1.9), (3, 1.7), (4, 1.6)]
+    # a new run starts at step 1: nothing of the old one is left
+    fresh = _as_in_the_controller(DvcLiveMetrics(live_dir, epochs=2, stage_dir=tmp_path, env={}))
+    fresh.on_steps([{"step": 1, "loss": 3.0}])
+    assert _steps(live_dir) == [(1, 3.0)] and sorted(p.name for p in (live_dir / "plots/steps").iterdir()) == ["loss.tsv"]

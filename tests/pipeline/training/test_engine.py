@@ -125,3 +125,27 @@ def test_hooks_are_typed_and_know_their_trainer():
     import pickle
 
     assert pickle.loads(pickle.dumps(hook)).step == 0  # travels to Ray workers without its trainer
+
+
+@pytest.mark.parametrize(("max_interval_s", "logged"), [(float("inf"), [1, 5, 9, 10]), (30.0, [1, 4, 5, 8, 9, 10])])
+def test_progress_rows_every_log_every_steps_and_at_least_every_max_interval(monkeypatch, max_interval_s, logged):
+    """10 steps of 12 s, log_every=4: rows at steps 1, 5, 9 and the epoch's last; with a 30 s bound also
+    when 30 s passed since the last row (a long log_every on slow steps still shows progress)."""
+    from types import SimpleNamespace
+
+    from pipeline.training import hooks
+
+    clock = [0.0]
+    monkeypatch.setattr(hooks.time, "perf_counter", lambda: clock[0])
+    trainer = SimpleNamespace(step=0, steps_per_epoch=10, epochs=1, epoch=0, global_step=0, world_size=1,
+                              batch=([None, None], []), losses={"loss": 1.0, "loss_cls": 1.0}, lr=0.1, report={})
+    logger = hooks.StepLogger(log_every=4, max_interval_s=max_interval_s)
+    logger._trainer_ref = lambda: trainer
+    logger.before_train()
+    logger.before_epoch()
+    for step in range(10):
+        trainer.step, trainer.global_step = step, step + 1
+        logger.before_step()
+        clock[0] += 12.0
+        logger.after_step()
+    assert [r["step"] for r in trainer.report["steps"]] == logged
