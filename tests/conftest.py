@@ -18,6 +18,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -185,13 +186,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
-    """A real ``mlflow server`` on 127.0.0.1 (sqlite backend, local artifacts); yields its URI."""
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
+def start_mlflow_server(root: Path, port: int | None = None) -> tuple[subprocess.Popen, Any, str]:
+    """Start ``mlflow server`` on 127.0.0.1 (sqlite backend and artifacts in ``root``) and wait until it
+    answers; returns ``(process, log file, uri)``; stop it with :func:`_stop_process_group`."""
+    port = port or _free_port()
     exe = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
-    log = (root / "server.log").open("w")
+    log = (root / "server.log").open("a")
     proc = subprocess.Popen(
         [exe, "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
@@ -200,16 +200,29 @@ def mlflow_server(tmp_path_factory):
         start_new_session=True,  # its own process group: the uvicorn workers stop with it
     )
     uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180  # slow when the 2 cores are busy
+    while True:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2):
+                return proc, log, uri
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                _stop_process_group(proc, log, timeout=5)
+                raise RuntimeError(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}") from None
+            time.sleep(0.5)
+
+
+@pytest.fixture
+def start_server():
+    """:func:`start_mlflow_server` (test modules cannot import conftest reliably)."""
+    return start_mlflow_server
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real ``mlflow server`` on 127.0.0.1 (sqlite backend, local artifacts); yields its URI."""
+    proc, log, uri = start_mlflow_server(tmp_path_factory.mktemp("mlflow-server"))
     try:
-        deadline = time.monotonic() + 180  # slow when the 2 cores are busy
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}") from None
-                time.sleep(0.5)
         yield uri
     finally:
         _stop_process_group(proc, log, timeout=15)
