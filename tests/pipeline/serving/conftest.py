@@ -22,15 +22,22 @@ class RegisteredModel:
     image: bytes        # a PNG the model detects something in
 
 
-def _png(size: tuple[int, int] = (120, 80), seed: int = 0) -> bytes:
+def image_bytes(fmt: str = "PNG", size: tuple[int, int] = (120, 80), seed: int = 0) -> bytes:
+    """An encoded noisy image with a red rectangle and a blue ellipse (what the tiny models detect)."""
     rng = np.random.default_rng(seed)
     image = Image.fromarray(rng.integers(60, 200, (size[1], size[0], 3), dtype=np.uint8))
     draw = ImageDraw.Draw(image)
     draw.rectangle((10, 8, 50, 40), fill=(220, 30, 30))
     draw.ellipse((60, 20, 100, 70), fill=(30, 30, 220))
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    image.save(buffer, format=fmt)
     return buffer.getvalue()
+
+
+@pytest.fixture
+def shapes_image():
+    """:func:`image_bytes` (test modules cannot import conftest reliably)."""
+    return image_bytes
 
 
 @pytest.fixture(scope="session")
@@ -63,4 +70,4 @@ def registered_model(tmp_path_factory) -> RegisteredModel:
                                 alias=ALIAS)
     client.set_terminated(run_id)
     assert logged["registered"] is not None
-    return RegisteredModel(tracking_uri=uri, model_uri=f"models:/{NAME}@{ALIAS}", image=_png())
+    return RegisteredModel(tracking_uri=uri, model_uri=f"models:/{NAME}@{ALIAS}", image=image_bytes())

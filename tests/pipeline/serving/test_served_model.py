@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 pytestmark = pytest.mark.slow
 
@@ -31,17 +31,6 @@ CLASSES = ["circle", "square"]
 NAME, ALIAS = "tiny-frcnn", "latest-train"
 MIN_SIZE, MAX_SIZE = 40, 60  # a 120x80 image is seen at 60x40: boxes come back x2
 BIN = Path(sys.executable).parent
-
-
-def _image_bytes(fmt: str, size: tuple[int, int], seed: int) -> bytes:
-    rng = np.random.default_rng(seed)
-    image = Image.fromarray(rng.integers(60, 200, (size[1], size[0], 3), dtype=np.uint8))
-    draw = ImageDraw.Draw(image)
-    draw.rectangle((10, 8, 50, 40), fill=(220, 30, 30))
-    draw.ellipse((60, 20, 100, 70), fill=(30, 30, 220))
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt)
-    return buffer.getvalue()
 
 
 def _reference(model, data: bytes) -> list[dict]:
@@ -90,7 +79,7 @@ def _post(url: str, body: dict) -> tuple[int, dict]:
         return err.code, json.loads(err.read())
 
 
-def test_registry_serving_and_pyfunc_give_the_checkpoints_detections(tmp_path, tmp_path_factory, monkeypatch,
+def test_registry_serving_and_pyfunc_give_the_checkpoints_detections(tmp_path, tmp_path_factory, monkeypatch, shapes_image,
                                                                      stop_server):
     import mlflow.pyfunc
     import pandas as pd
@@ -157,7 +146,7 @@ def test_registry_serving_and_pyfunc_give_the_checkpoints_detections(tmp_path, t
                                "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
                               stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
-        jpeg, png = _image_bytes("JPEG", (120, 80), 0), _image_bytes("PNG", (90, 70), 1)
+        jpeg, png = shapes_image("JPEG", (120, 80), 0), shapes_image("PNG", (90, 70), 1)
         expected = [_reference(reference_model, data) for data in (jpeg, png)]
 
         # --- pyfunc from the registry alias: one row per image, original pixels, class names
