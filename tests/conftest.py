@@ -212,6 +212,23 @@ def start_mlflow_server(root: Path, port: int | None = None) -> tuple[subprocess
             time.sleep(0.5)
 
 
+@pytest.fixture(scope="session")
+def sqlite_store(tmp_path_factory):
+    """Factory ``sqlite_store(folder) -> "sqlite:///<folder>/mlflow.db"``: an empty MLflow store, copied from
+    one migrated for the whole session (creating MLflow's tables takes seconds)."""
+    template = tmp_path_factory.getbasetemp() / "mlflow-empty.db"
+
+    def make(folder: Path) -> str:
+        if not template.exists():
+            from mlflow.tracking import MlflowClient
+
+            MlflowClient(f"sqlite:///{template}").search_experiments()  # creates and migrates the tables
+        shutil.copyfile(template, Path(folder) / "mlflow.db")
+        return f"sqlite:///{Path(folder) / 'mlflow.db'}"
+
+    return make
+
+
 @pytest.fixture
 def start_server():
     """:func:`start_mlflow_server` (test modules cannot import conftest reliably)."""

@@ -3,7 +3,6 @@
 import contextlib
 import io
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -56,16 +55,9 @@ def tiny_checkpoint(workdir):
 
 
 @pytest.fixture
-def mlflow_uri(workdir, tmp_path_factory):
-    """A sqlite tracking URI in ``workdir``, copied from a session-wide migrated empty database
-    (creating the tables takes seconds; test_evaluate.py and test_predict.py share the copy)."""
-    from mlflow.tracking import MlflowClient
-
-    template = tmp_path_factory.getbasetemp() / "mlflow-empty.db"
-    if not template.exists():
-        MlflowClient(f"sqlite:///{template}").search_experiments()  # creates and migrates the tables
-    shutil.copyfile(template, workdir / "mlflow.db")
-    return f"sqlite:///{workdir / 'mlflow.db'}"
+def mlflow_uri(workdir, sqlite_store):
+    """An empty sqlite tracking store in ``workdir``."""
+    return sqlite_store(workdir)
 
 
 class FixedBoxDetector(nn.Module):

@@ -1,7 +1,6 @@
 """The ``predict`` command: a real tiny checkpoint, corrupt files, boxes in original pixels, MLflow URIs."""
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -50,16 +49,9 @@ def tiny_model(workdir):
 
 
 @pytest.fixture
-def mlflow_uri(workdir, tmp_path_factory):
-    """A sqlite tracking URI in ``workdir``, copied from a session-wide migrated empty database
-    (creating the tables takes seconds; test_evaluate.py and test_predict.py share the copy)."""
-    from mlflow.tracking import MlflowClient
-
-    template = tmp_path_factory.getbasetemp() / "mlflow-empty.db"
-    if not template.exists():
-        MlflowClient(f"sqlite:///{template}").search_experiments()  # creates and migrates the tables
-    shutil.copyfile(template, workdir / "mlflow.db")
-    return f"sqlite:///{workdir / 'mlflow.db'}"
+def mlflow_uri(workdir, sqlite_store):
+    """An empty sqlite tracking store in ``workdir``."""
+    return sqlite_store(workdir)
 
 
 def test_corrupt_files_are_reported_and_the_others_written(workdir, images, tiny_model, capsys):

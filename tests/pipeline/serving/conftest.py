@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +40,7 @@ def shapes_image():
 
 
 @pytest.fixture(scope="session")
-def registered_model(tmp_path_factory) -> RegisteredModel:
+def registered_model(tmp_path_factory, sqlite_store) -> RegisteredModel:
     """A mobilenet-backbone detector (random weights, seed 0) logged by training's own
     ``log_detector_model`` and registered as ``models:/tiny-frcnn@latest-train``."""
     import torch
@@ -52,11 +51,7 @@ def registered_model(tmp_path_factory) -> RegisteredModel:
     from pipeline.serving.export import log_detector_model
 
     root = tmp_path_factory.mktemp("served-model")
-    template = tmp_path_factory.getbasetemp() / "mlflow-empty.db"  # shared with test_evaluate/test_predict
-    if not template.exists():
-        MlflowClient(f"sqlite:///{template}").search_experiments()  # creates and migrates the tables
-    shutil.copyfile(template, root / "mlflow.db")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri = sqlite_store(root)
     client = MlflowClient(uri)
     experiment_id = client.create_experiment("serving", artifact_location=Path(root / "mlruns").as_uri())
     config = detector.DetectorConfig.from_dict(

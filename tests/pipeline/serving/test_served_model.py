@@ -79,7 +79,7 @@ def _post(url: str, body: dict) -> tuple[int, dict]:
         return err.code, json.loads(err.read())
 
 
-def test_registry_serving_and_pyfunc_give_the_checkpoints_detections(tmp_path, tmp_path_factory, monkeypatch, shapes_image,
+def test_registry_serving_and_pyfunc_give_the_checkpoints_detections(tmp_path, sqlite_store, monkeypatch, shapes_image,
                                                                      stop_server):
     import mlflow.pyfunc
     import pandas as pd
@@ -93,11 +93,7 @@ def test_registry_serving_and_pyfunc_give_the_checkpoints_detections(tmp_path, t
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    template = tmp_path_factory.getbasetemp() / "mlflow-empty.db"  # shared with test_evaluate/test_predict
-    if not template.exists():
-        MlflowClient(f"sqlite:///{template}").search_experiments()  # creates and migrates the tables
-    shutil.copyfile(template, tmp_path / "mlflow.db")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_store(tmp_path)
     client = MlflowClient(uri)
     experiment_id = client.create_experiment("serving", artifact_location=(tmp_path / "mlruns").as_uri())
     config = detector.DetectorConfig.from_dict(
