@@ -25,7 +25,8 @@ from ray.tune import Callback
 
 from pipeline.tuning.results import ERROR, FINISHED, STOPPED, TrialRecord
 
-__all__ = ["TrialTracker", "child_runs", "close_child_runs", "finish_parent", "mark_interrupted", "start_parent"]
+__all__ = ["TrialTracker", "child_runs", "close_child_runs", "finish_parent", "mark_interrupted", "parent_known",
+           "record_reused_trials", "start_child", "start_parent"]
 
 _FINAL_STATUS = {FINISHED: "FINISHED", STOPPED: "KILLED", ERROR: "FAILED"}
 
@@ -54,6 +55,53 @@ def start_parent(*, tracking_uri: str, experiment_name: str, sweep_id: str, expe
         tags={"tune.sweep_id": sweep_id, "tune.experiment_path": experiment_path, "tune.role": "sweep", **(tags or {})},
     )
     return dict(run)
+
+
+def start_child(*, tracking_uri: str, experiment_name: str, parent_run_id: str, root: Path, trial_id: str,
+                train_storage: str, values: dict[str, Any], params: Any, tags: dict[str, str]) -> str:
+    """Create the child run of trial ``trial_id`` under the sweep's parent: the trial's model and train
+    params, its sampled ``values`` (``tune.config``), the trial id; returns its run id."""
+    import json
+
+    from pipeline.tracking import mlflow_runs as tracking
+
+    run = tracking.start_run(
+        tracking_uri=tracking_uri, experiment_name=experiment_name, run_name=trial_id,
+        ray_run=f"{train_storage.rstrip('/')}/{trial_id}", root=root,
+        params={"model": params.model, "train": params.to_dict()["train"]},
+        tags={**tags, "tune.trial_id": trial_id, "tune.config": json.dumps(values, sort_keys=True, default=str),
+              "ray_run_name": trial_id}, parent_run_id=parent_run_id,
+    )
+    return run["run_id"]
+
+
+def record_reused_trials(parent: dict[str, str], *, experiment_name: str, root: Path, train_storage: str,
+                         trials: list[tuple[TrialRecord, Any]], tags: dict[str, str]) -> None:
+    """A finished sweep's trials recorded into ``parent`` (a store that does not know the sweep):
+    for each ``(record, params)`` a child run as :class:`TrialTracker` makes one, with the
+    epoch history the trial reported (:func:`close_child_runs` then gives the final status)."""
+    from pipeline.tracking import mlflow_runs as tracking
+
+    for record, params in trials:
+        run_id = start_child(tracking_uri=parent["tracking_uri"], experiment_name=experiment_name,
+                             parent_run_id=parent["run_id"], root=root, trial_id=record.trial_id,
+                             train_storage=train_storage, values=record.config, params=params, tags=tags)
+        tracking.log_history({"run_id": run_id, "tracking_uri": parent["tracking_uri"]}, record.history)
+
+
+def parent_known(tracking_uri: str, run_id: str | None) -> bool:
+    """Whether the store at ``tracking_uri`` holds the (not deleted) sweep parent run ``run_id``."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    if not run_id:
+        return False
+    try:
+        return MlflowClient(tracking_uri).get_run(run_id).info.lifecycle_stage == "active"
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        return False
 
 
 def child_runs(tracking_uri: str, parent_run_id: str) -> dict[str, Any]:
@@ -150,9 +198,6 @@ class TrialTracker(Callback):
 
     def run_id(self, trial: Any) -> str:
         """The trial's child run: found under the parent (a resumed sweep), else created."""
-        import json
-
-        from pipeline.tracking import mlflow_runs as tracking
         from pipeline.tuning.trial import trial_values
 
         trial_id = trial.trial_id
@@ -163,15 +208,11 @@ class TrialTracker(Callback):
             self._runs[trial_id] = existing.info.run_id
             return existing.info.run_id
         values, params = trial_values(self.spec, dict(trial.config or {}))
-        run = tracking.start_run(
-            tracking_uri=self.tracking_uri, experiment_name=self.experiment_name,
-            run_name=trial_id, ray_run=f"{self.spec.train_storage.rstrip('/')}/{trial_id}", root=Path(self.root),
-            params={"model": params.model, "train": params.to_dict()["train"]},
-            tags={**self.tags, "tune.trial_id": trial_id, "tune.config": json.dumps(values, sort_keys=True, default=str),
-                  "ray_run_name": trial_id}, parent_run_id=self.parent_run_id,
-        )
-        self._runs[trial_id] = run["run_id"]
-        return run["run_id"]
+        run_id = start_child(tracking_uri=self.tracking_uri, experiment_name=self.experiment_name,
+                             parent_run_id=self.parent_run_id, root=Path(self.root), trial_id=trial_id,
+                             train_storage=self.spec.train_storage, values=values, params=params, tags=self.tags)
+        self._runs[trial_id] = run_id
+        return run_id
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._guard(trial, lambda: self.run_id(trial))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,9 @@ from pipeline.tuning.space import (
     named_values,
     num_trials,
     parse_space,
+    resolve_config,
     to_tune_space,
+    trial_params,
     validate_space,
 )
 from pipeline.tuning.trial import TRIAL_RESOURCES, TrialSpec, run_trial
@@ -147,10 +149,9 @@ def run_sweep(params: Params, *, data_dir: str | Path = "data/prepared", out_dir
     base = trial_base(params)
     state = storage.read_json(state_path) or {}
     if state.get("complete") and not fresh and tune.Tuner.can_restore(experiment_path):
-        logger.info("reusing finished sweep %s (MLflow run %s): same params, space, data, code and "
-                    "torch/torchvision; nothing to train", sweep_id, state.get("parent_run_id"))
         grid = tune.ResultGrid(tune.ExperimentAnalysis(experiment_path))
-        return _reuse(params, dims, grid, state, Path(out_dir), sweep_id, experiment_path)
+        return _reuse(params, dims, grid, state, Path(out_dir), sweep_id, experiment_path, root=root,
+                      identity=identity, data_dir=data_dir)
 
     started = driver.ensure_ray(params.ray.address)
     try:
@@ -288,24 +289,67 @@ def _records(params: Params, dims: list[Dimension], grid: Any) -> tuple[list[res
 
 
 def _reuse(params: Params, dims: list[Dimension], grid: Any, state: dict[str, Any], out_dir: Path, sweep_id: str,
-           experiment_path: str) -> SweepOutcome:
-    """The outputs of a finished sweep, written again from its stored results (MLflow is only read)."""
+           experiment_path: str, *, root: Path, identity: RunIdentity, data_dir: Path) -> SweepOutcome:
+    """A finished sweep reused: nothing is trained. When the current tracking store holds its parent
+    run, the outputs are written again from the stored results (MLflow only read); when it does not
+    (another server, a deleted ``mlflow.db``), the sweep is recorded there first, as a fresh sweep
+    records itself (parent, one child per trial with its epoch history, outputs), tagged as reused."""
+    from pipeline.tracking import mlflow_runs as train_tracking
     from pipeline.tracking import trials as tracking
 
-    records, best = _records(params, dims, grid)
+    tracking_uri = train_tracking.resolve_tracking_uri(params.mlflow.tracking_uri, root)
     parent_run_id = state.get("parent_run_id")
-    tracking_uri = state.get("tracking_uri")
-    if parent_run_id and tracking_uri:
-        try:
-            runs = tracking.child_runs(tracking_uri, parent_run_id)
-            for record in records:
-                if record.trial_id in runs:
-                    record.mlflow_run_id = runs[record.trial_id].info.run_id
-        except Exception:  # the tracking store is only needed for the run ids in trials.csv
-            pass
+    try:
+        train_tracking.check_reachable(tracking_uri)
+        known = tracking.parent_known(tracking_uri, parent_run_id)
+    except Exception as err:  # an unreachable store, refused credentials, ...: say which store and why
+        from pipeline.driver import PreflightError
+
+        raise PreflightError(f"cannot look up the MLflow run of finished sweep {sweep_id} in the tracking store "
+                             f"{train_tracking.public_uri(tracking_uri)}: {err}") from err
+    same = "same params, space, data, code and torch/torchvision; nothing to train"
+    if not known:
+        logger.info("reusing finished sweep %s: %s; its MLflow run %s is not in the tracking store %s: recording "
+                    "the sweep there", sweep_id, same, parent_run_id, train_tracking.public_uri(tracking_uri))
+        outcome = _record_reused(params, dims, grid, state, out_dir, sweep_id, experiment_path, root=root,
+                                 identity=identity, data_dir=data_dir, tracking_uri=tracking_uri)
+        return replace(outcome, reused=True)
+    logger.info("reusing finished sweep %s (MLflow run %s): %s", sweep_id, parent_run_id, same)
+    records, best = _records(params, dims, grid)
+    runs = tracking.child_runs(tracking_uri, parent_run_id)
+    for record in records:
+        if record.trial_id in runs:
+            record.mlflow_run_id = runs[record.trial_id].info.run_id
     outputs, command = _write_outputs(params, dims, records, best, out_dir, sweep_id)
     return SweepOutcome(experiment_path, sweep_id, complete=True, resumed=False, records=records, best=best,
                         outputs=outputs, mlflow_run_id=parent_run_id, train_command=command, reused=True)
+
+
+def _record_reused(params: Params, dims: list[Dimension], grid: Any, state: dict[str, Any], out_dir: Path,
+                   sweep_id: str, experiment_path: str, *, root: Path, identity: RunIdentity, data_dir: Path,
+                   tracking_uri: str) -> SweepOutcome:
+    """Record the finished sweep into the store at ``tracking_uri``; the sweep's state then names that run."""
+    from pipeline.tracking import mlflow_runs as train_tracking
+    from pipeline.tracking import trials as tracking
+
+    reused = {"tune.reused_from": experiment_path}
+    if state.get("parent_run_id"):
+        reused |= {"tune.reused_mlflow_run": state["parent_run_id"],
+                   "tune.reused_tracking_uri": train_tracking.public_uri(state.get("tracking_uri") or "")}
+    parent = tracking.start_parent(
+        tracking_uri=tracking_uri, experiment_name=params.mlflow.experiment_name, sweep_id=sweep_id,
+        experiment_path=experiment_path, root=root, params={"tune": params.to_dict()["tune"], "data_dir": str(data_dir)},
+        tags={**{f"tune.{k}": v for k, v in identity.tags().items()}, **reused})
+    base, named = trial_base(params), named_values(params, dims)
+    records, _ = _records(params, dims, grid)
+    tracking.record_reused_trials(
+        parent, experiment_name=params.mlflow.experiment_name, root=root,
+        train_storage=storage.join(experiment_path, "train"), tags={"tune.sweep_id": sweep_id, **identity.tags()},
+        trials=[(r, trial_params(base, resolve_config(r.config, named))) for r in records])
+    outcome = _finish(params, dims, grid, parent, out_dir, sweep_id, experiment_path, resumed=False)
+    state_path = storage.join(experiment_path, STATE_FILE)
+    storage.write_json(state_path, {**state, "parent_run_id": parent["run_id"], "tracking_uri": tracking_uri})
+    return outcome
 
 
 def _write_outputs(params: Params, dims: list[Dimension], records: list[res.TrialRecord],

@@ -184,6 +184,33 @@ def test_tiny_sweep_interrupted_then_resumed(tmp_path, tiny_coco, params_file, m
     assert list(csv.DictReader((out / "trials.csv").open())) == rows
     assert len(client.search_runs([parent.info.experiment_id])) == 1 + len(children)
 
+    # reused into a tracking store that does not know the sweep (a team server, a deleted mlflow.db): the
+    # sweep is recorded there (parent + one child per trial with its epochs), tagged as reused, not retrained
+    other_uri = f"sqlite:///{tmp_path / 'other.db'}"
+    params.mlflow.tracking_uri = other_uri
+    fourth = run_sweep(params, data_dir=tiny_coco, out_dir=out, root=tmp_path)
+    assert fourth.reused and fourth.best.trial_id == second.best.trial_id
+    assert fourth.mlflow_run_id != second.mlflow_run_id
+    other = MlflowClient(other_uri)
+    new_parent = other.get_run(fourth.mlflow_run_id)
+    assert new_parent.info.status == "FINISHED"
+    assert new_parent.data.tags["tune.reused_mlflow_run"] == second.mlflow_run_id
+    assert new_parent.data.tags["tune.best_trial_id"] == second.best.trial_id
+    assert {"trials.csv", "best_params.yaml"} <= {a.path for a in other.list_artifacts(new_parent.info.run_id)}
+    new_children = other.search_runs([new_parent.info.experiment_id],
+                                     filter_string=f"tags.`mlflow.parentRunId` = '{new_parent.info.run_id}'")
+    assert sorted(c.data.tags["tune.trial_id"] for c in new_children) == sorted(records)
+    for child in new_children:
+        record = records[child.data.tags["tune.trial_id"]]
+        assert child.info.status == {"finished": "FINISHED", "stopped_early": "KILLED"}[record.status]
+        assert child.data.params["model.anchors.scales"] == str(record.config["model.anchors.scales"])
+        history = other.get_metric_history(child.info.run_id, "epoch/AP50")
+        assert [m.step for m in history] == [row["epoch"] for row in record.history if "AP50" in row]
+    # and once recorded there, the next rerun finds it (no second copy)
+    fifth = run_sweep(params, data_dir=tiny_coco, out_dir=out, root=tmp_path)
+    assert fifth.reused and fifth.mlflow_run_id == fourth.mlflow_run_id
+    assert len(other.search_runs([new_parent.info.experiment_id])) == 1 + len(new_children)
+
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
