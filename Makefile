@@ -1,5 +1,6 @@
 # `make repro`: set up .venv (if needed) and run the whole DVC pipeline on params.yaml.
 # `make test`:  set up .venv (if needed), lint with ruff, run the test suite.
+# `make test-install`: the served model's install into a fresh virtual environment (CI runs it too).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -11,7 +12,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 export RAY_TRAIN_ENABLE_PRINT_PATCH := 0
 
-.PHONY: install repro test lint bench clean
+.PHONY: install repro test test-install lint bench clean
 
 install: $(STAMP)
 
@@ -33,6 +34,11 @@ lint: install
 
 test: lint
 	$(BIN)/python -m pytest
+
+# The served model installed from its logged requirements alone into a fresh venv (~2 min, ~6 GB of
+# disk; pip needs the package registry). Not in `make test`; CI (.ci/run) runs it after the suite.
+test-install: install
+	$(BIN)/python -m pytest -m install
 
 bench: install
 	$(BIN)/python benchmarks/bench_detector.py
