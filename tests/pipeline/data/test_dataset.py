@@ -138,3 +138,9 @@ def test_inconsistent_prepared_files_are_refused(prepared, edit, message):
     with pytest.raises(ValueError, match=message) as err:
         CocoDetectionDataset(prepared)
     assert str(prepared) in str(err.value)
+
+
+def test_malformed_json_names_the_file_and_position(prepared):
+    prepared.write_text('{"images": [}')
+    with pytest.raises(ValueError, match=r"train.json: not valid JSON: .* line 1 column 13"):
+        CocoDetectionDataset(prepared)
