@@ -34,6 +34,20 @@ def test_bench_grouping_pads_less_when_grouped(tmp_path):
     assert re.search(r"grouped / ungrouped: [\d.]+x images/s", out), out
 
 
+def test_bench_dataset_memory_measures_the_loader_tree_of_both_implementations(tmp_path):
+    out = _run([str(REPO / "benchmarks/bench_dataset_memory.py"), "--images", "1000", "--workers", "2",
+                "--batch", "32", "--rounds", "1"], cwd=tmp_path, timeout=600)
+    assert "targets identical: yes" in out, out
+    for impl in ("old", "new"):
+        block = out.split(f" {impl}: load ", 1)[1]
+        assert re.search(r"tree of 3 processes: USS \d+ -> \d+ MB, PSS \d+ -> \d+ MB; dataset state per process "
+                         r"\(max\) \d+ MB", block), out  # the training process and its 2 loader workers
+        assert re.search(r"loader worker 2: USS +[\d.]+ -> +[\d.]+ MB", block), out
+        assert re.search(r"epoch through the loader \d+ images/s", block), out
+    assert re.search(r"same process: load old [\d.]+ s, new [\d.]+ s .* ijson C backend [\d.]+ s", out), out
+    assert re.search(r"new / old: dataset state per process \d+ / \d+ MB", out), out
+
+
 @pytest.mark.slow
 @pytest.mark.bench
 def test_bench_quality_both_models_both_modes(tmp_path, tiny_coco, tiny_params_yaml):

@@ -87,6 +87,8 @@ class Trainer:
             ``targets`` a list of dicts with ``boxes (G, 4)``, ``labels (G,)`` (and optionally
             ``iscrowd``, ``image_id``), left on the host.
         sampler: the loader's batch sampler; ``set_epoch(epoch)`` is called at each epoch start.
+        dataset: the training split behind ``loader``, for hooks that read it too (precise BN
+            views it with other transforms instead of loading it again); None: not given.
         epochs: the run's total number of epochs (a resumed run continues up to it).
         seed: the run's seed (``train.seed``): the sampler's and the loader's augmentation seed
             and the base of the per-epoch RNG seeds.
@@ -99,13 +101,14 @@ class Trainer:
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 scheduler: torch.optim.lr_scheduler.LRScheduler, loader: Iterable, *, sampler: Any,
+                 scheduler: torch.optim.lr_scheduler.LRScheduler, loader: Iterable, *, sampler: Any, dataset: Any = None,
                  epochs: int, seed: int, base_lr: float, rank: int = 0, world_size: int = 1,
                  device: torch.device | str = "cpu", grad_clip_norm: float | None = None,
                  amp_dtype: torch.dtype | None = None):
         self.model = model
         self.model_without_ddp: nn.Module = model.module if hasattr(model, "module") else model
         self.optimizer, self.scheduler, self.loader, self.sampler = optimizer, scheduler, loader, sampler
+        self.dataset = dataset
         self.epochs, self.seed, self.base_lr = epochs, seed, base_lr
         self.rank, self.world_size, self.device = rank, world_size, torch.device(device)
         self.grad_clip_norm, self.amp_dtype = grad_clip_norm, amp_dtype

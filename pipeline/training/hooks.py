@@ -98,11 +98,11 @@ class StepLogger(HookBase):
 
 class PreciseBN(HookBase):
     """After the last epoch, recompute the batch-norm statistics over ``num_images`` training images
-    (:func:`pipeline.training.precise_bn.recompute_bn_stats`). ``make_dataset()`` returns the train
-    split with the evaluation transforms; it is called then, so the split is not held in memory
-    while training. Register on rank 0 only: its weights are the checkpoint."""
+    (:func:`pipeline.training.precise_bn.recompute_bn_stats`). ``make_dataset(trainer)`` returns the
+    train split with the evaluation transforms (a view of ``trainer.dataset``, not a second copy of
+    the split). Register on rank 0 only: its weights are the checkpoint."""
 
-    def __init__(self, make_dataset: Callable[[], Any], num_images: int, batch_size: int = 8):
+    def __init__(self, make_dataset: Callable[[Any], Any], num_images: int, batch_size: int = 8):
         self.make_dataset, self.num_images, self.batch_size = make_dataset, num_images, batch_size
 
     def after_epoch(self) -> None:
@@ -112,7 +112,7 @@ class PreciseBN(HookBase):
         if t.epoch != t.epochs or self.num_images <= 0:
             return
         start = time.perf_counter()
-        used = recompute_bn_stats(t.model_without_ddp, self.make_dataset(), num_images=self.num_images,
+        used = recompute_bn_stats(t.model_without_ddp, self.make_dataset(t), num_images=self.num_images,
                                   batch_size=self.batch_size)
         logger.info(f"precise batch norm: statistics recomputed over {used} train images "
                     f"in {time.perf_counter() - start:.1f}s")

@@ -107,7 +107,7 @@ def build_trainer(params: Params, data_dir: str | Path, *, rank: int = 0, world:
     if device.type == "cuda" and train.amp != "off":
         amp_dtype = torch.bfloat16 if train.amp == "bf16" else torch.float16
     trainer = Trainer(model, optimizer, build_scheduler(optimizer, train, len(loader.loader)), loader.loader,
-                      sampler=loader.sampler, epochs=train.epochs, seed=train.seed, base_lr=base_lr, rank=rank,
+                      sampler=loader.sampler, dataset=train_ds, epochs=train.epochs, seed=train.seed, base_lr=base_lr, rank=rank,
                       world_size=world, device=device, grad_clip_norm=train.grad_clip_norm, amp_dtype=amp_dtype)
     return trainer, {"model_config": model_config.to_dict(), "class_names": list(train_ds.class_names)}
 
@@ -119,8 +119,7 @@ def default_hooks(params: Params, data_dir: str | Path, rank: int) -> list[HookB
     hooks: list[HookBase] = [EpochMetrics()]
     if rank == 0:
         if train.precise_bn_images:
-            hooks.append(PreciseBN(functools.partial(eval_dataset, data_dir / "train.json", params),
-                                   train.precise_bn_images))
+            hooks.append(PreciseBN(functools.partial(precise_bn_dataset, params), train.precise_bn_images))
         if train.val_every:
             hooks.append(Validation(eval_dataset(data_dir / "val.json", params), train.val_every, train.batch_size))
         hooks.append(StepLogger(train.log_every))
@@ -128,12 +127,25 @@ def default_hooks(params: Params, data_dir: str | Path, rank: int) -> list[HookB
 
 
 def eval_dataset(json_path: Path, params: Params) -> Any:
-    """A split with the evaluation transforms (no flips): for validation and precise batch norm."""
+    """A split with the evaluation transforms (no flips): for validation."""
     from pipeline.data.dataset import CocoDetectionDataset
+
+    return CocoDetectionDataset(json_path, transforms=_eval_transforms(params))
+
+
+def precise_bn_dataset(params: Params, trainer: Trainer) -> Any:
+    """The trainer's training split with the evaluation transforms, for precise batch norm: a view
+    that shares the split's records (:meth:`CocoDetectionDataset.with_transforms`), not a second load."""
+    if trainer.dataset is None:
+        raise ValueError("precise batch norm reads the training split: build the Trainer with dataset=")
+    return trainer.dataset.with_transforms(_eval_transforms(params))
+
+
+def _eval_transforms(params: Params) -> Callable:
     from pipeline.data.transforms import build_transforms
 
     resize = params.data.resize
-    return CocoDetectionDataset(json_path, transforms=build_transforms(False, resize.min_size, resize.max_size))
+    return build_transforms(False, resize.min_size, resize.max_size)
 
 
 def _resume_from_ray_checkpoint(trainer: Trainer) -> None:

@@ -58,3 +58,89 @@ def test_non_contiguous_categories_are_refused(prepared):
     prepared.write_text(json.dumps(coco))
     with pytest.raises(ValueError, match="category ids must be 1..C"):
         CocoDetectionDataset(prepared)
+
+
+def _reference(path):
+    """The targets as a plain whole-file read gives them: ``{image_id: (file_name, w, h, boxes, labels, iscrowd)}``."""
+    coco = json.loads(path.read_text())
+    out = {}
+    for img in coco["images"]:
+        anns = [a for a in coco["annotations"] if a["image_id"] == img["id"]]
+        xywh = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
+        out[img["id"]] = (img["file_name"], img["width"], img["height"],
+                          torch.cat((xywh[:, :2], xywh[:, :2] + xywh[:, 2:]), dim=1),
+                          torch.tensor([a["category_id"] for a in anns], dtype=torch.int64),
+                          torch.tensor([a.get("iscrowd", 0) for a in anns], dtype=torch.int64))
+    return [img["id"] for img in coco["images"]], out
+
+
+def _with_edge_cases(src, dest, category_ids):
+    """``src`` with categories renumbered 1..C, annotations in reverse order (not grouped by image),
+    one image without boxes and one box without ``iscrowd``."""
+    coco = json.loads(src.read_text())
+    new_id = {c: k + 1 for k, c in enumerate(category_ids)}
+    for c in coco["categories"]:
+        c["id"] = new_id[c["id"]]
+    coco["categories"].reverse()
+    for a in coco["annotations"]:
+        a["category_id"] = new_id[a["category_id"]]
+    coco["annotations"].reverse()
+    del coco["annotations"][0]["iscrowd"]
+    first = coco["images"][0]
+    coco["images"].insert(1, {**first, "id": 99_999, "file_name": "empty/" + first["file_name"]})
+    dest.write_text(json.dumps(coco))
+    return dest
+
+
+@pytest.mark.parametrize("source", ["tiny_coco", "mixed_coco"])
+def test_flat_records_equal_a_plain_json_read(source, request, tmp_path):
+    if source == "tiny_coco":
+        src, category_ids = request.getfixturevalue("tiny_coco") / "train.json", (1, 2, 3)
+    else:
+        src, category_ids = request.getfixturevalue("mixed_coco")(), (3, 7)
+    path = _with_edge_cases(src, tmp_path / "edge.json", category_ids)
+    ids, reference = _reference(path)
+    ds = CocoDetectionDataset(path, images_dir=src.parent)
+    assert ds.image_ids == ids and len(ds) == len(ids)
+    assert ds.class_names == [c["name"] for c in sorted(json.loads(path.read_text())["categories"],
+                                                          key=lambda c: c["id"])]
+    crowd = empty = 0
+    for index, image_id in enumerate(ids):
+        name, w, h, boxes, labels, iscrowd = reference[image_id]
+        assert ds.image_path(index) == src.parent / name and ds.aspect_ratio(index) == w / h
+        target = ds.raw_target(index)
+        assert target["image_id"] == image_id and type(target["image_id"]) is int
+        for key, expected in (("boxes", boxes), ("labels", labels), ("iscrowd", iscrowd)):
+            assert target[key].dtype == expected.dtype and torch.equal(target[key], expected), (image_id, key)
+        crowd += int(iscrowd.sum())
+        empty += len(boxes) == 0
+    assert crowd >= 1 and empty == 1  # the edge cases are covered
+
+
+def test_targets_are_new_tensors(prepared):
+    ds = CocoDetectionDataset(prepared)
+    ds.raw_target(0)["boxes"].add_(100)
+    ds[0][1]["labels"].zero_()
+    assert ds.raw_target(0)["boxes"].tolist() == [[1, 2, 11, 7], [0, 0, 4, 4]]
+    assert ds.raw_target(0)["labels"].tolist() == [2, 1]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c["annotations"][0].update(image_id=77), "points to image id 77, which is not in 'images'"),
+    (lambda c: c["images"][1].update(id=5), "duplicate image id 5"),
+    (lambda c: c.pop("categories"), "no 'categories'"),
+    (lambda c: c["annotations"][0].update(bbox=[1, 2, 3]), "annotation id 1: bbox must be"),
+])
+def test_inconsistent_prepared_files_are_refused(prepared, edit, message):
+    coco = json.loads(prepared.read_text())
+    edit(coco)
+    prepared.write_text(json.dumps(coco))
+    with pytest.raises(ValueError, match=message) as err:
+        CocoDetectionDataset(prepared)
+    assert str(prepared) in str(err.value)
+
+
+def test_malformed_json_names_the_file_and_position(prepared):
+    prepared.write_text('{"images": [}')
+    with pytest.raises(ValueError, match=r"train.json: not valid JSON: .* line 1 column 13"):
+        CocoDetectionDataset(prepared)
