@@ -23,7 +23,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from pipeline.data.transforms import ToTensor
+from pipeline.data.transforms import to_tensor
 
 
 class CocoDetectionDataset(Dataset):
@@ -79,7 +79,7 @@ class CocoDetectionDataset(Dataset):
         if self.transforms is not None:
             image, target = self.transforms(image, target)
         if not isinstance(image, Tensor):
-            image, target = ToTensor()(image, target)
+            image = to_tensor(image)
         return image, target
 
 
