@@ -57,6 +57,8 @@ class CocoParams:
     train_images: str | None = None
     val_annotations: str | None = None
     val_images: str | None = None
+    test_annotations: str | None = None      # a held-out test split (sweeps never see it)
+    test_images: str | None = None
 
 
 @dataclass
@@ -80,6 +82,7 @@ class DataParams:
     source: Literal["synthetic", "coco", "voc"] = "synthetic"
     seed: int = 0
     val_fraction: float = 0.2
+    test_fraction: float = 0.0                # held out from train as data/prepared/test.json; 0: none
     on_invalid_box: Literal["error", "clip", "drop"] = "error"
     verify_images: Literal["header", "decode"] = "header"  # header: size, format, truncation; decode: every pixel
     classes: list[str] | None = None
@@ -91,6 +94,10 @@ class DataParams:
     def __post_init__(self) -> None:
         if not 0.0 < self.val_fraction < 1.0:
             raise ParamsError(f"data.val_fraction: {self.val_fraction} must be in (0, 1)")
+        if not 0.0 <= self.test_fraction < 1.0:
+            raise ParamsError(f"data.test_fraction: {self.test_fraction} must be in [0, 1) (0: no held-out test split)")
+        if self.test_fraction > 0 and self.coco.test_annotations:
+            raise ParamsError("data.test_fraction and data.coco.test_annotations both ask for a test split: set one")
         if self.classes is not None and (not self.classes or len(set(self.classes)) != len(self.classes)):
             raise ParamsError(f"data.classes: {self.classes} must be null or a non-empty list of distinct names")
         if self.source == "coco" and not (self.coco.train_annotations and self.coco.train_images):

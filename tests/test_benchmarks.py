@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -62,3 +63,43 @@ def test_bench_live_steps_measures_the_put_and_delivers_every_row(tmp_path, tiny
     assert re.search(r"LiveSteps on the training thread: mean [\d.]+ us per step = [\d.]+% of a step", out), out
     assert re.search(r"the actor call \(on the sender thread\): median \d+ us, p95 \d+ us = [\d.]+% of a step", out), out
     assert "rows delivered live to the driver's side: 12 of 12" in out, out
+
+
+def test_photo_set_is_exact_deterministic_and_prepares(tmp_path, monkeypatch):
+    """benchmarks/photo_set.py: a tiny set twice (same bytes), every box on its pasted pixels, then `prepare`."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import numpy as np
+    from photo_set import SetSpec, build
+    from PIL import Image
+
+    from pipeline.cli import main
+
+    spec = SetSpec(train=6, val=3, test=3, seed=5)
+    first, second = build(tmp_path / "a", spec), build(tmp_path / "b", spec)
+    for split in ("train", "val", "test"):
+        assert first[split].read_bytes() == second[split].read_bytes()
+    coco = json.loads(first["train"].read_text())
+    sizes = {(img["width"], img["height"]) for img in coco["images"]}
+    assert any(w > h for w, h in sizes) or any(w < h for w, h in sizes)
+    ratios = []
+    for image in coco["images"]:
+        pixels = np.asarray(Image.open(tmp_path / "a" / image["file_name"]).convert("RGB"), np.float32)
+        background = pixels.mean()  # dimmed, blurred: objects are brighter and sharper on average
+        for ann in (a for a in coco["annotations"] if a["image_id"] == image["id"]):
+            x, y, w, h = ann["bbox"]
+            assert 0 <= x and 0 <= y and x + w <= image["width"] and y + h <= image["height"]
+            ratios.append(w / h)
+            inside = pixels[y:y + h, x:x + w]
+            assert inside.size and np.abs(np.diff(inside, axis=1)).mean() > 0  # pasted photo texture, not flat
+        assert background > 0
+    assert min(ratios) < 0.4 and max(ratios) > 2.5  # tall and wide objects
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    root = tmp_path / "a"
+    sets = ["data.source=coco", f"data.coco.train_annotations={first['train']}", f"data.coco.train_images={root}",
+            f"data.coco.val_annotations={first['val']}", f"data.coco.val_images={root}",
+            f"data.coco.test_annotations={first['test']}", f"data.coco.test_images={root}"]
+    assert main(["prepare", *[arg for s in sets for arg in ("--set", s)]]) == 0
+    report = json.loads((tmp_path / "reports/data.json").read_text())
+    assert (report["train"]["images"], report["val"]["images"], report["test"]["images"]) == (6, 3, 3)
+    assert report["class_names"] == ["temple", "flower", "portrait"]
