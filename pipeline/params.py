@@ -304,11 +304,17 @@ class AnchorsParams:
     search_boxes: int = 10000      # boxes subsampled for the search; the result is scored on all boxes
     generations: int = 400         # evolution steps of each of the two best layouts (screening: a quarter)
     seed: int = 0
+    fg_coverage: float = 0.95      # proposed RPN foreground IoU: the highest (0.4..0.7) this share of boxes' best anchors reach
+    bg_margin: float = 0.1         # proposed RPN background IoU = foreground - bg_margin
 
     def __post_init__(self) -> None:
         _positive(self, "anchors", ["search_boxes", "generations"])
         if self.budget is not None and self.budget < 1:
             raise ParamsError(f"anchors.budget: {self.budget} must be >= 1 (or null: as many as model.anchors has)")
+        if not 0.0 < self.fg_coverage <= 1.0:
+            raise ParamsError(f"anchors.fg_coverage: {self.fg_coverage} must be in (0, 1]")
+        if not 0.0 < self.bg_margin <= 0.6:
+            raise ParamsError(f"anchors.bg_margin: {self.bg_margin} must be in (0, 0.6]")
 
 
 @dataclass
