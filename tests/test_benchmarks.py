@@ -103,3 +103,24 @@ def test_photo_set_is_exact_deterministic_and_prepares(tmp_path, monkeypatch):
     report = json.loads((tmp_path / "reports/data.json").read_text())
     assert (report["train"]["images"], report["val"]["images"], report["test"]["images"]) == (6, 3, 3)
     assert report["class_names"] == ["temple", "flower", "portrait"]
+
+
+def test_photo_set_sweep_preset_validates(tmp_path, tiny_coco):
+    """sweeps/presets/photo_set.yaml over params.yaml: a valid 16-trial Optuna space whose `fitted` anchors are
+    the anchors stage's output, and the anchor stage's proposed RPN thresholds among its choices."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from bench_sweep import load_with_preset
+
+    from pipeline.cli import main
+    from pipeline.tuning.space import num_trials, validate_space
+
+    out = tmp_path / "reports"
+    assert main(["anchors", "--data-dir", str(tiny_coco), "--out-dir", str(out), "--set", "anchors.generations=20",
+                 "--set", "data.resize.min_size=64", "--set", "data.resize.max_size=64"]) == 0
+    preset = REPO / "sweeps/presets/photo_set.yaml"
+    params = load_with_preset(REPO / "params.yaml", preset, [f"tune.fitted_anchors={out / 'anchors.yaml'}"])
+    dims = validate_space(params)
+    assert params.tune.search == "optuna" and num_trials(params, dims) == 16
+    keys = {d.key for d in dims}
+    assert {"model.anchors", "model.rpn.iou_thresholds", "train.augment.scale_jitter"} <= keys
+    assert params.data.coco.test_annotations  # the winner and the defaults are scored on a held-out split
