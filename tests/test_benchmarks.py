@@ -124,3 +124,41 @@ def test_photo_set_sweep_preset_validates(tmp_path, tiny_coco):
     keys = {d.key for d in dims}
     assert {"model.anchors", "model.rpn.iou_thresholds", "train.augment.scale_jitter"} <= keys
     assert params.data.coco.test_annotations  # the winner and the defaults are scored on a held-out split
+
+
+@pytest.mark.slow
+@pytest.mark.bench
+def test_bench_recipe_two_recipes_on_val_and_test(tmp_path, tiny_coco, tiny_params_yaml):
+    params = tiny_params_yaml(["ray.num_workers=1"])
+    data = tmp_path / "data"
+    data.mkdir()
+    for entry in tiny_coco.iterdir():
+        (data / entry.name).symlink_to(entry)
+    (data / "test.json").symlink_to(tiny_coco / "val.json")  # a third split for the test column
+    out = _run([str(REPO / "benchmarks/bench_recipe.py"), str(data), "--params", str(params), "--epochs", "1",
+                "--recipe", "old:", "--recipe", "crop:iou_crop_prob=1.0,scale_jitter=[0.8;1.2]", "--out", "r.json"],
+               cwd=tmp_path, timeout=900)
+    rows = json.loads((tmp_path / "r.json").read_text())
+    assert [r["recipe"] for r in rows] == ["old", "crop"] and "crop/old" in out
+    assert rows[1]["augment"]["iou_crop_prob"] == 1.0 and rows[1]["augment"]["scale_jitter"] == [0.8, 1.2]
+    for row in rows:
+        assert all(0.0 <= row[split][k] <= 1.0 for split in ("val", "test") for k in ("AP", "AP50"))
+
+
+@pytest.mark.slow
+@pytest.mark.bench
+def test_bench_sweep_scores_winner_and_defaults_on_test(tmp_path, tiny_coco, tiny_params_yaml):
+    params = tiny_params_yaml(["ray.num_workers=1"])
+    data = tmp_path / "data"
+    data.mkdir()
+    for entry in tiny_coco.iterdir():
+        (data / entry.name).symlink_to(entry)
+    (data / "test.json").symlink_to(tiny_coco / "val.json")
+    preset = tmp_path / "preset.yaml"
+    preset.write_text("tune:\n  search: optuna\n  num_samples: 2\n  startup_trials: 1\n  epochs: 1\n"
+                      "  space:\n    model.rpn.iou_thresholds: {choice: [[0.3, 0.6], [0.4, 0.5]]}\n")
+    out = _run([str(REPO / "benchmarks/bench_sweep.py"), str(data), "--preset", str(preset), "--params", str(params),
+                "--out", "s.json"], cwd=tmp_path, timeout=1200)
+    result = json.loads((tmp_path / "s.json").read_text())
+    assert set(result["rows"]) == {"defaults", "winner"} and "held-out test split" in out
+    assert result["winner_params"]["model.rpn.iou_thresholds"] in ([0.3, 0.6], [0.4, 0.5])
