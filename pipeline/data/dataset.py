@@ -9,6 +9,8 @@
     image_id  int
     orig_size (h, w) of the image file
     size      (h, w) after transforms
+    degenerate_boxes  int, with the training recipe only: boxes it removed (under 1 px after a crop,
+              zoom-out or resize), their labels and iscrowd removed with them
 """
 
 from __future__ import annotations
