@@ -92,7 +92,7 @@ def main() -> None:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     with tempfile.TemporaryDirectory() as tmp:
         dataset = CocoDetectionDataset(make_set(Path(tmp), args.images), transforms=build_transforms(
-            True, args.min_size, args.max_size, hflip_prob=0.5))
+            True, args.min_size, args.max_size))
         config = DetectorConfig.from_dict(params["model"], num_classes=dataset.num_classes)
         torch.manual_seed(0)
         model = build_model(config).train()

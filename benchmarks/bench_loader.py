@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from pipeline.data.dataset import CocoDetectionDataset, collate_detection
-from pipeline.data.transforms import build_transforms
+from pipeline.data.transforms import Augment, build_transforms
 
 
 def images_per_second(dataset: CocoDetectionDataset, workers: int, batch_size: int, epochs: int) -> float:
@@ -40,7 +40,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     dataset = CocoDetectionDataset(args.annotations, transforms=build_transforms(
-        train=True, min_size=args.min_size, max_size=args.max_size, hflip_prob=0.5, color_jitter=0.2))
+        train=True, min_size=args.min_size, max_size=args.max_size, augment=Augment(photometric_prob=0.5)))
     print(f"{len(dataset)} images from {args.annotations}, torch threads {torch.get_num_threads()}")
     for workers in (0, 2):
         rate = images_per_second(dataset, workers, args.batch_size, args.epochs)

@@ -6,7 +6,7 @@
 DATA_DIR is any prepared COCO folder (`python -m pipeline prepare` writes `data/prepared`). Both
 models train from scratch on its `train.json` and are scored on its `val.json` by the same code,
 `pipeline.evaluation.evaluate_model` (pycocotools COCOeval: AP, AP50, AP75), after the same training
-resize (`data.resize`) and the same augmentation (`train.hflip_prob`, `train.color_jitter`). Both run as
+resize (`data.resize`) and the same augmentation (`train.augment`). Both run as
 Ray Train DDP with `ray.num_workers` x `ray.cpus_per_worker` and `train.batch_size` images per worker.
 
 - ours: the `train` stage's code path (`pipeline.training.fit`) with the params as given (default:
@@ -95,7 +95,7 @@ def torchvision_loop_per_worker(config: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, int(params.ray.cpus_per_worker)))
     device = ray.train.torch.get_device()
     dataset = CocoDetectionDataset(data_dir / "train.json", transforms=build_transforms(
-        True, resize.min_size, resize.max_size, hflip_prob=train.hflip_prob, color_jitter=train.color_jitter))
+        True, resize.min_size, resize.max_size, train.augment.recipe()))
     # the training stage's own loader (shard sampler, aspect-ratio groups, loader workers): the same batches as ours
     train_loader = build_train_loader(dataset, train, rank=rank, world=world, device=device,
                                       local_world_size=ctx.get_local_world_size())

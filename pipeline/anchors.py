@@ -5,14 +5,16 @@ IoU), ``data.resize`` and the ``anchors`` section; searches the anchor scales pe
 the aspect-ratio set under ``anchors.budget`` anchors per location for the highest best
 possible recall (:mod:`pipeline.anchor_search`). Writes into ``reports/``:
 
-- ``anchors.yaml``: the fitted ``model.anchors`` section (merges into ``params.yaml``) and the
-  ``dvc exp run -S ...`` line that trains with it,
+- ``anchors.yaml``: the fitted ``model.anchors`` section and the ``model.rpn.iou_thresholds``
+  proposed for them (:mod:`pipeline.anchor_search.thresholds`: fitted anchors raise every box's
+  best IoU, so the matcher's thresholds move with them), mergeable into ``params.yaml``, and the
+  ``dvc exp run -S ...`` line that trains with both,
 - ``anchors.json``: before/after best possible recall per size, shape and class, the
   candidates of every layout, the search's settings and cost,
 - ``anchors.png``: box shapes with both anchor sets, best-IoU histograms, BPR per group.
 
-``--apply`` also writes the fitted scales and aspect ratios into the params file, keeping its
-comments and layout.
+``--apply`` also writes the fitted scales, aspect ratios and RPN IoU thresholds into the params
+file, keeping its comments and layout.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-dir", default=str(OUT_DIR),
                         help=f"where anchors.yaml/.json/.png go (default: {OUT_DIR})")
     parser.add_argument("--apply", action="store_true",
-                        help="also write the fitted model.anchors scales and aspect ratios into the params file")
+                        help="also write the fitted model.anchors and the proposed model.rpn.iou_thresholds into the params file")
 
 
 def run(params: Params, args: argparse.Namespace) -> int:
@@ -62,6 +64,10 @@ def run(params: Params, args: argparse.Namespace) -> int:
               f"aspect_ratios {json.dumps(section['aspect_ratios'])}")
     else:
         print("no better anchors found: the configured model.anchors are kept")
+    t = outcome["thresholds"]
+    print(f"proposed model.rpn.iou_thresholds {t.as_params()}: {t.coverage:.1%} of boxes have a fitted anchor at "
+          f"IoU >= {t.foreground} (asked: {t.target_coverage:.0%}"
+          f"{'' if t.reached else ', not reached even at the floor 0.4'}; background = foreground - margin)")
     for name, path in outcome["outputs"].items():
         print(f"{name}: {path}")
     print(f"train with them:  {outcome['command']}")
@@ -78,7 +84,8 @@ def run(params: Params, args: argparse.Namespace) -> int:
 
 
 def fit_and_report(params: Params, *, data_dir: Path, out_dir: Path, progress: bool = False) -> dict[str, Any]:
-    """Fit the anchors and write the reports; returns ``{"result", "rows", "table", "outputs", "command"}``.
+    """Fit the anchors, propose RPN thresholds for them and write the reports; returns
+    ``{"result", "thresholds", "rows", "table", "outputs", "command"}``.
 
     Raises:
         AnchorInputError: the prepared data is missing, unreadable or has no boxes.
@@ -109,13 +116,9 @@ def fit_and_report(params: Params, *, data_dir: Path, out_dir: Path, progress: b
     t0 = time.perf_counter()
     result = fit_anchors(grid, start, fg_iou, budget=a.budget, per_level=a.per_level, search_boxes=a.search_boxes,
                          generations=a.generations, seed=a.seed, progress=progress)
-    # the fitted section must load as params.yaml would: through the model config validator
-    from detector import DetectorConfig
-
-    DetectorConfig.from_dict({**params.model, "anchors": result.fitted.as_params()}, num_classes=1)
-
     best = {"before": grid.best_iou(start.shapes(config.strides)),
             "after": grid.best_iou(result.fitted.shapes(config.strides))}
+    thresholds = _proposed_thresholds(params, result, best["after"])
     fits = {}
     for when, anchors in (("before", start), ("after", result.fitted)):
         fit = anchor_fit(boxes, sizes, labels, config.strides, anchors.as_params()["scales"], anchors.aspect_ratios,
@@ -123,11 +126,11 @@ def fit_and_report(params: Params, *, data_dir: Path, out_dir: Path, progress: b
         fit.pop("warnings", None)
         fits[when] = fit
     rows = report.comparison_rows(fits["before"], fits["after"])
-    command = report.exp_run_command(result.fitted)
+    command = report.exp_run_command(result.fitted, thresholds)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     outputs = {
-        "anchors_yaml": report.write_section(result, out_dir / "anchors.yaml", train_json=str(train_json),
+        "anchors_yaml": report.write_section(result, thresholds, out_dir / "anchors.yaml", train_json=str(train_json),
                                              resize=(resize.min_size, resize.max_size), levels=config.fpn_levels),
         "anchors_json": out_dir / "anchors.json",
         "anchors_png": report.plot_fit(out_dir / "anchors.png", grid.wh, config.strides, result,
@@ -140,14 +143,29 @@ def fit_and_report(params: Params, *, data_dir: Path, out_dir: Path, progress: b
         "improved": result.improved, "budget": result.budget, "fg_iou": fg_iou, "strides": list(config.strides),
         "resize": {"min_size": resize.min_size, "max_size": resize.max_size}, "train_json": str(train_json),
         "configured": start.as_params(), "fitted": result.fitted.as_params(), "dvc_exp_run": command,
+        "iou_thresholds": {"configured": list(config.rpn.iou_thresholds), "proposed": thresholds.as_params(),
+                           "coverage": thresholds.coverage, "target_coverage": thresholds.target_coverage,
+                           "margin": params.anchors.bg_margin, "reached": thresholds.reached},
         "search": {"boxes": result.search_boxes, "per_level": a.per_level, "generations": a.generations,
                    "seed": a.seed, "evaluations": result.evaluations, "seconds": round(result.seconds, 2),
                    "total_seconds": round(time.perf_counter() - t0, 2)},
         "candidates": result.candidates, "table": rows, "before": fits["before"], "after": fits["after"],
     }
     outputs["anchors_json"].write_text(json.dumps(summary, indent=2) + "\n")
-    return {"result": result, "rows": rows, "table": report.format_table(rows), "outputs": outputs,
-            "command": command}
+    return {"result": result, "thresholds": thresholds, "rows": rows, "table": report.format_table(rows),
+            "outputs": outputs, "command": command}
+
+
+def _proposed_thresholds(params: Params, result: Any, best_after: Any) -> Any:
+    """The RPN thresholds for the fitted anchors (:mod:`pipeline.anchor_search.thresholds`), checked
+    with the fitted section as params.yaml would load them (the model config validator)."""
+    from detector import DetectorConfig
+    from pipeline.anchor_search.thresholds import propose_iou_thresholds
+
+    thresholds = propose_iou_thresholds(best_after, params.anchors.fg_coverage, params.anchors.bg_margin)
+    rpn = {**(params.model.get("rpn") or {}), "iou_thresholds": thresholds.as_params()}
+    DetectorConfig.from_dict({**params.model, "anchors": result.fitted.as_params(), "rpn": rpn}, num_classes=1)
+    return thresholds
 
 
 def _read_coco(path: Path) -> dict[str, Any]:

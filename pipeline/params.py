@@ -57,6 +57,8 @@ class CocoParams:
     train_images: str | None = None
     val_annotations: str | None = None
     val_images: str | None = None
+    test_annotations: str | None = None      # a held-out test split (sweeps never see it)
+    test_images: str | None = None
 
 
 @dataclass
@@ -80,6 +82,7 @@ class DataParams:
     source: Literal["synthetic", "coco", "voc"] = "synthetic"
     seed: int = 0
     val_fraction: float = 0.2
+    test_fraction: float = 0.0                # held out from train as data/prepared/test.json; 0: none
     on_invalid_box: Literal["error", "clip", "drop"] = "error"
     verify_images: Literal["header", "decode"] = "header"  # header: size, format, truncation; decode: every pixel
     classes: list[str] | None = None
@@ -91,12 +94,46 @@ class DataParams:
     def __post_init__(self) -> None:
         if not 0.0 < self.val_fraction < 1.0:
             raise ParamsError(f"data.val_fraction: {self.val_fraction} must be in (0, 1)")
+        if not 0.0 <= self.test_fraction < 1.0:
+            raise ParamsError(f"data.test_fraction: {self.test_fraction} must be in [0, 1) (0: no held-out test split)")
+        if self.test_fraction > 0 and self.coco.test_annotations:
+            raise ParamsError("data.test_fraction and data.coco.test_annotations both ask for a test split: set one")
         if self.classes is not None and (not self.classes or len(set(self.classes)) != len(self.classes)):
             raise ParamsError(f"data.classes: {self.classes} must be null or a non-empty list of distinct names")
         if self.source == "coco" and not (self.coco.train_annotations and self.coco.train_images):
             raise ParamsError("data.coco.train_annotations and data.coco.train_images must be set when data.source is coco")
         if self.source == "voc" and not self.voc.root:
             raise ParamsError("data.voc.root must be set when data.source is voc")
+
+
+@dataclass
+class AugmentParams:
+    """``train.augment``: the training recipe (:func:`pipeline.data.transforms.build_transforms`)."""
+
+    scale_jitter: list[float] = field(default_factory=lambda: [1.0, 1.0])  # resize limits x U(lo, hi)
+    iou_crop_prob: float = 0.0       # SSD's random IoU crop
+    zoom_out_prob: float = 0.0       # random zoom-out onto a black canvas up to zoom_out_max x the side
+    zoom_out_max: float = 2.0
+    photometric_prob: float = 0.0    # RandomPhotometricDistort, per colour operation
+    hflip_prob: float = 0.5
+    vflip_prob: float = 0.0
+
+    def __post_init__(self) -> None:
+        if len(self.scale_jitter) != 2 or not 0 < self.scale_jitter[0] <= self.scale_jitter[1]:
+            raise ParamsError(f"train.augment.scale_jitter: {self.scale_jitter} must be [lo, hi] with 0 < lo <= hi "
+                              "(the resize limits are multiplied by a factor drawn from it; [1, 1]: off)")
+        for name in ("iou_crop_prob", "zoom_out_prob", "photometric_prob", "hflip_prob", "vflip_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ParamsError(f"train.augment.{name}: {getattr(self, name)} must be in [0, 1]")
+        if self.zoom_out_max < 1.0:
+            raise ParamsError(f"train.augment.zoom_out_max: {self.zoom_out_max} must be >= 1 (canvas side / image side)")
+
+    def recipe(self) -> Any:
+        """The :class:`pipeline.data.transforms.Augment` these keys describe."""
+        from pipeline.data.transforms import Augment
+
+        values = dataclasses.asdict(self)
+        return Augment(**values | {"scale_jitter": tuple(self.scale_jitter)})
 
 
 @dataclass
@@ -117,8 +154,7 @@ class TrainParams:
     warmup_factor: float = 0.001
     grad_clip_norm: float | None = 10.0      # null: no clipping
     amp: Literal["bf16", "fp16", "off"] = "bf16"  # autocast dtype on GPU; CPU always trains in float32
-    hflip_prob: float = 0.5
-    color_jitter: float = 0.0
+    augment: AugmentParams = field(default_factory=AugmentParams)
     val_every: int = 1                       # epochs between validations; 0: never
     precise_bn_images: int = 0               # recompute batch-norm statistics over this many train images at the end; 0: off
     log_every: int = 10                      # steps between progress lines / step metrics
@@ -131,13 +167,11 @@ class TrainParams:
                                   "warmup_factor", "log_every"])
         if self.loader_workers != "auto" and self.loader_workers < 0:
             raise ParamsError(f"train.loader_workers: {self.loader_workers} must be >= 0 or auto")
-        for name in ("momentum", "weight_decay", "warmup_iters", "val_every", "color_jitter", "precise_bn_images"):
+        for name in ("momentum", "weight_decay", "warmup_iters", "val_every", "precise_bn_images"):
             if getattr(self, name) < 0:
                 raise ParamsError(f"train.{name}: {getattr(self, name)} must be >= 0")
         if self.warmup_factor > 1:
             raise ParamsError(f"train.warmup_factor: {self.warmup_factor} must be in (0, 1]")
-        if not 0.0 <= self.hflip_prob <= 1.0:
-            raise ParamsError(f"train.hflip_prob: {self.hflip_prob} must be in [0, 1]")
         if any(s <= 0 for s in self.lr_steps) or self.lr_steps != sorted(set(self.lr_steps)):
             raise ParamsError(f"train.lr_steps: {self.lr_steps} must be increasing positive epochs")
         if self.grad_clip_norm is not None and self.grad_clip_norm <= 0:
@@ -270,11 +304,17 @@ class AnchorsParams:
     search_boxes: int = 10000      # boxes subsampled for the search; the result is scored on all boxes
     generations: int = 400         # evolution steps of each of the two best layouts (screening: a quarter)
     seed: int = 0
+    fg_coverage: float = 0.95      # proposed RPN foreground IoU: the highest (0.4..0.7) this share of boxes' best anchors reach
+    bg_margin: float = 0.1         # proposed RPN background IoU = foreground - bg_margin
 
     def __post_init__(self) -> None:
         _positive(self, "anchors", ["search_boxes", "generations"])
         if self.budget is not None and self.budget < 1:
             raise ParamsError(f"anchors.budget: {self.budget} must be >= 1 (or null: as many as model.anchors has)")
+        if not 0.0 < self.fg_coverage <= 1.0:
+            raise ParamsError(f"anchors.fg_coverage: {self.fg_coverage} must be in (0, 1]")
+        if not 0.0 < self.bg_margin <= 0.6:
+            raise ParamsError(f"anchors.bg_margin: {self.bg_margin} must be in (0, 0.6]")
 
 
 @dataclass

@@ -3,7 +3,8 @@ and write COCO annotations to ``data/prepared/`` plus data reports.
 
 Outputs (relative to the working directory):
 
-* ``data/prepared/{train,val}.json``, whose ``file_name`` entries point at the source images where
+* ``data/prepared/{train,val}.json`` (and ``test.json``: a held-out split, ``data.test_fraction``
+  or ``data.coco.test_annotations``, that sweeps never select on), whose ``file_name`` entries point at the source images where
   they are (COCO, VOC: nothing is copied); the synthetic source writes its generated images
   to ``data/prepared/images/{train,val}/`` (see :mod:`pipeline.data.export` for the layout);
 * ``reports/data.json``: images, boxes, classes per split, boxes per class, and every
@@ -63,7 +64,9 @@ def run(params: Params, args: argparse.Namespace) -> int:
     except (DataError, ParamsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    for split in ("train", "val"):
+    for split in ("train", "val", "test"):
+        if split not in report["data"]:
+            continue
         s = report["data"][split]
         print(f"{split}: {s['images']} images, {s['boxes']} boxes ({s['crowd_boxes']} crowd/difficult), "
               f"{s['classes']} classes; input boxes: {s['input_boxes'] or 'all valid'}")
@@ -87,16 +90,20 @@ def prepare(data: DataParams, anchors: AnchorSettings, out_dir: Path = PREPARED_
         DataError: bad input, with the file and record named.
     """
     from pipeline.data.anchor_fit import anchor_fit_flat, best_anchor_iou_flat, gt_from_split, plot_anchor_fit
-    from pipeline.data.export import check_unique_files, write_split
-    from pipeline.data.sources import load_splits
+    from pipeline.data.export import check_held_out, check_unique_files, write_split
+    from pipeline.data.sources import hold_out_test, load_splits
     from pipeline.data.stats import box_stats, plot_box_stats, split_summary
     from pipeline.data.validate import check_images
 
-    counts = {"train": Counter(), "val": Counter()}
+    counts = {"train": Counter(), "val": Counter(), "test": Counter()}
     train, val = load_splits(data, counts)
-    for split in (train, val):
+    train, test = hold_out_test(data, train, counts)
+    held_out = {"test": test} if test is not None else {}
+    for split in (train, val, *held_out.values()):
         check_unique_files(split)  # bad input too: find it before deleting anything
-    check_images([train, val], mode=data.verify_images, workers=workers)
+    if test is not None:
+        check_held_out(test, [train, val])
+    check_images([train, val, *held_out.values()], mode=data.verify_images, workers=workers)
 
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -104,7 +111,7 @@ def prepare(data: DataParams, anchors: AnchorSettings, out_dir: Path = PREPARED_
     reports_dir.mkdir(parents=True, exist_ok=True)
     for name in REPORT_FILES:
         (reports_dir / name).unlink(missing_ok=True)
-    splits = {"train": train, "val": val}
+    splits = {"train": train, "val": val, **held_out}
     for split in splits.values():
         write_split(split, out_dir)
 
@@ -119,7 +126,7 @@ def prepare(data: DataParams, anchors: AnchorSettings, out_dir: Path = PREPARED_
     plot_box_stats(stats, str(reports_dir / "box_stats.png"))
 
     fits, ious = {}, {}
-    for name, split in splits.items():
+    for name, split in (("train", train), ("val", val)):
         boxes, image_hw, labels = gt_from_split(split, data.resize.min_size, data.resize.max_size)
         ious[name] = best_anchor_iou_flat(boxes, image_hw, anchors.strides, anchors.scales, anchors.aspect_ratios)
         fits[name] = anchor_fit_flat(boxes, image_hw, labels, anchors.strides, anchors.scales, anchors.aspect_ratios,

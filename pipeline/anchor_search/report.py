@@ -16,11 +16,12 @@ from typing import Any
 import numpy as np
 
 from pipeline.anchor_search.search import AnchorSet, FitResult
+from pipeline.anchor_search.thresholds import ThresholdProposal
 from pipeline.data.anchor_fit import WARN_BELOW
 
 __all__ = ["comparison_rows", "exp_run_command", "format_table", "plot_fit", "write_section"]
 
-ANCHOR_KEYS = ("model.anchors.scales", "model.anchors.aspect_ratios")
+ANCHOR_KEYS = ("model.anchors.scales", "model.anchors.aspect_ratios", "model.rpn.iou_thresholds")
 
 
 def comparison_rows(before: dict[str, Any], after: dict[str, Any]) -> list[dict[str, Any]]:
@@ -52,20 +53,20 @@ def _value_text(value: Any) -> str:
     return json.dumps(value) if isinstance(value, list | dict) else str(value)
 
 
-def exp_run_command(anchors: AnchorSet) -> str:
-    """``dvc exp run -S ...`` that trains with ``anchors`` (same dotted keys as ``--set``)."""
+def exp_run_command(anchors: AnchorSet, thresholds: ThresholdProposal) -> str:
+    """``dvc exp run -S ...`` that trains with ``anchors`` and the RPN ``thresholds`` (same dotted keys as ``--set``)."""
     section = anchors.as_params()
-    args = []
-    for key in ANCHOR_KEYS:
-        value = section[key.rsplit(".", 1)[1]]
-        args.append("-S " + shlex.quote(f"{key}={_value_text(value)}"))
+    values = {"model.anchors.scales": section["scales"], "model.anchors.aspect_ratios": section["aspect_ratios"],
+              "model.rpn.iou_thresholds": thresholds.as_params()}
+    args = ["-S " + shlex.quote(f"{key}={_value_text(values[key])}") for key in ANCHOR_KEYS]
     return " ".join(["dvc exp run", *args])
 
 
-def write_section(result: FitResult, path: Path, *, train_json: str, resize: tuple[int, int],
-                  levels: Sequence[int]) -> Path:
-    """``reports/anchors.yaml``: the fitted ``model.anchors`` section, mergeable into params.yaml,
-    with a header saying what it was fitted to and how to use it."""
+def write_section(result: FitResult, thresholds: ThresholdProposal, path: Path, *, train_json: str,
+                  resize: tuple[int, int], levels: Sequence[int]) -> Path:
+    """``reports/anchors.yaml``: the fitted ``model.anchors`` section and the proposed
+    ``model.rpn.iou_thresholds``, mergeable into params.yaml, with a header saying what they were
+    fitted to and how to use them."""
     s0, s1 = result.start_score, result.fitted_score
     header = [
         f"# model.anchors fitted by `python -m pipeline anchors` to {train_json} ({s1.num_boxes} boxes,",
@@ -75,11 +76,14 @@ def write_section(result: FitResult, path: Path, *, train_json: str, resize: tup
     ]
     if not result.improved:
         header.append("# No better anchors were found: these are the configured ones.")
-    header += [f"# Train with them:   {exp_run_command(result.fitted)}",
+    header.append(f"# RPN IoU thresholds proposed for them: {thresholds.as_params()} ({thresholds.coverage:.1%} of "
+                  f"boxes have a fitted anchor at IoU >= {thresholds.foreground}; background = foreground - margin).")
+    header += [f"# Train with them:   {exp_run_command(result.fitted, thresholds)}",
                "# or write them into params.yaml:   python -m pipeline anchors --apply"]
     section = result.fitted.as_params()  # flow lists (JSON is YAML), as params.yaml writes them
     body = ("model:\n  anchors:\n"
-            f"    scales: {json.dumps(section['scales'])}\n    aspect_ratios: {json.dumps(section['aspect_ratios'])}\n")
+            f"    scales: {json.dumps(section['scales'])}\n    aspect_ratios: {json.dumps(section['aspect_ratios'])}\n"
+            f"  rpn:\n    iou_thresholds: {json.dumps(thresholds.as_params())}\n")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(header) + "\n" + body)
     return path

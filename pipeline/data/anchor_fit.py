@@ -150,9 +150,14 @@ def anchor_fit_flat(boxes: np.ndarray, image_hw: np.ndarray, labels: np.ndarray 
     if suggest and result["bpr"] is not None and result["bpr"] < WARN_BELOW:
         from pipeline.anchor_search import quick_fit
 
+        from pipeline.anchor_search.thresholds import propose_iou_thresholds
+
         fit = quick_fit(gt, image_hw, strides, scales, aspect_ratios, fg_iou)
-        result["suggestion"] = {**fit.fitted.as_params(), "bpr": round(fit.fitted_score.bpr, 4),
-                                "budget": fit.budget, "improved": fit.improved}
+        fitted = fit.fitted.as_params()
+        fitted_best = best_anchor_iou_flat(gt, image_hw, strides, fitted["scales"], fitted["aspect_ratios"])
+        result["suggestion"] = {**fitted, "bpr": round(fit.fitted_score.bpr, 4), "budget": fit.budget,
+                                "improved": fit.improved,
+                                "iou_thresholds": propose_iou_thresholds(np.asarray(fitted_best)).as_params()}
     result["warnings"] = _warnings(result)
     return result
 
@@ -215,8 +220,10 @@ def _warnings(result: dict[str, Any]) -> list[str]:
     if s is not None and s["improved"]:
         text += (f". A quick anchor search at the same budget ({s['budget']} per location) reaches {s['bpr']:.1%} "
                  f"with --set model.anchors.scales={json.dumps(s['scales'], separators=(',', ':'))} "
-                 f"--set model.anchors.aspect_ratios={json.dumps(s['aspect_ratios'], separators=(',', ':'))}; "
-                 f"`python -m pipeline anchors` runs the full search (reports/anchors.yaml)")
+                 f"--set model.anchors.aspect_ratios={json.dumps(s['aspect_ratios'], separators=(',', ':'))} "
+                 f"--set model.rpn.iou_thresholds={json.dumps(s['iou_thresholds'], separators=(',', ':'))} "
+                 f"(RPN thresholds re-fitted with the anchors: fitted anchors alone did not raise AP); "
+                 f"`python -m pipeline anchors` runs the full search (reports/anchors.yaml, --apply)")
     elif s is not None:
         text += (f". A quick anchor search found nothing better at {s['budget']} anchors per location: "
                  f"try `python -m pipeline anchors --set anchors.budget={s['budget'] + 5}`")

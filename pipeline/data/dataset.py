@@ -9,6 +9,8 @@
     image_id  int
     orig_size (h, w) of the image file
     size      (h, w) after transforms
+    degenerate_boxes  int, with the training recipe only: boxes it removed (under 1 px after a crop,
+              zoom-out or resize), their labels and iscrowd removed with them
 
 The split is held in a few flat numpy arrays (:class:`FlatRecords`), not one Python object per
 image or box: DataLoader workers forked from the training process read them without writing to
@@ -34,7 +36,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from pipeline.data import jsonstream
-from pipeline.data.transforms import ToTensor
+from pipeline.data.transforms import to_tensor
 
 
 class CocoDetectionDataset(Dataset):
@@ -92,7 +94,7 @@ class CocoDetectionDataset(Dataset):
         if self.transforms is not None:
             image, target = self.transforms(image, target)
         if not isinstance(image, Tensor):
-            image, target = ToTensor()(image, target)
+            image = to_tensor(image)
         return image, target
 
 

@@ -51,6 +51,27 @@ def check_unique_files(split: Split) -> None:
                                   f"{split.images.where(other)}; every image needs its own file")
 
 
+def check_held_out(test: Split, others: list[Split]) -> None:
+    """The held-out ``test`` split must share no image file with ``others`` (train, val): a
+    score on test would otherwise include images the model or the sweep has seen.
+
+    Raises:
+        AnnotationError: naming the first shared file.
+    """
+    def files(split: Split) -> set[str]:
+        root = split.images.root
+        return {os.path.abspath(root / name) if root is not None else f"{split.name}/{name}"
+                for name in split.images.file_names}
+
+    held = files(test)
+    for other in others:
+        shared = sorted(held & files(other))
+        if shared:
+            raise AnnotationError(f"{test.source}: the test split shares {len(shared)} image file(s) with the "
+                                  f"{other.name} split ({other.source}), e.g. {shared[0]}; a held-out test "
+                                  "split needs images of its own")
+
+
 def image_file_names(split: Split, out_dir: Path) -> list[str]:
     """The ``file_name`` of each image in the prepared JSON (see the module docstring)."""
     images = split.images

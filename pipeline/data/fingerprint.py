@@ -40,7 +40,8 @@ def source_files(data: dict[str, Any]) -> dict[str, list[Path]]:
     source = data.get("source", "synthetic")
     if source == "coco":
         coco = data.get("coco") or {}
-        return {key: [Path(coco[key])] for key in ("train_annotations", "val_annotations") if coco.get(key)}
+        return {key: [Path(coco[key])] for key in ("train_annotations", "val_annotations", "test_annotations")
+                if coco.get(key)}
     if source == "voc":
         root = (data.get("voc") or {}).get("root")
         if not root:

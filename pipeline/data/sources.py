@@ -34,6 +34,28 @@ def load_splits(data: DataParams, counts: dict[str, Counter]) -> tuple[Split, Sp
     return train, val
 
 
+def hold_out_test(data: DataParams, train: Split, counts: dict[str, Counter]) -> tuple[Split, Split | None]:
+    """``(train, test)``: the held-out test split that sweeps and validation never see, or ``None``.
+
+    ``data.coco.test_annotations`` is read as it is (``data.source: coco``); else
+    ``data.test_fraction`` of the train images (seeded by ``data.seed``) move to test. Either way
+    test shares no image with val: val is its own file or was split off train before.
+    """
+    from pipeline.data.split import seeded_split
+
+    c = data.coco
+    if data.source == "coco" and c.test_annotations:
+        from pipeline.data.coco import read_coco
+
+        test_images = c.test_images or str(Path(c.test_annotations).parent)
+        return train, read_coco(c.test_annotations, test_images, "test", data.on_invalid_box, counts["test"],
+                                class_names=train.class_names)
+    if data.test_fraction == 0:
+        return train, None
+    rows, test_rows = seeded_split(list(range(len(train.images))), data.seed + 1, data.test_fraction, train.source)
+    return train.take(rows, "train"), train.take(test_rows, "test")
+
+
 def _synthetic(data: DataParams) -> tuple[Split, Split]:
     from pipeline.data.synthetic import SHAPES, SyntheticConfig, generate_split
 

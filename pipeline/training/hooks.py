@@ -30,11 +30,14 @@ MAX_ROW_INTERVAL_S = 30.0  # a progress row at least this often, however many st
 
 
 class EpochMetrics(HookBase):
-    """The epoch's row: each loss term's mean over the steps, lr, images/s, epoch time, global step, world size."""
+    """The epoch's row: each loss term's mean over the steps, lr, images/s, epoch time, global step, world size,
+    and ``degenerate_boxes``: boxes the training recipe removed (crops, zoom-out, downscaling under 1 px) from
+    this worker's images in the epoch (``target["degenerate_boxes"]``, :mod:`pipeline.data.transforms`)."""
 
     def before_epoch(self) -> None:
         self._sums: dict[str, float] = {}
         self._images = 0
+        self._degenerate = 0
         self._start = time.perf_counter()
 
     def after_step(self) -> None:
@@ -42,13 +45,15 @@ class EpochMetrics(HookBase):
         for k, v in t.losses.items():
             self._sums[k] = self._sums.get(k, 0.0) + v
         self._images += len(t.batch[0]) * t.world_size
+        self._degenerate += sum(int(target.get("degenerate_boxes", 0)) for target in t.batch[1])
 
     def after_epoch(self) -> None:
         t = self.trainer
         elapsed = time.perf_counter() - self._start
         t.row |= {k: v / t.steps_per_epoch for k, v in self._sums.items()}
         t.row |= {"lr": t.optimizer.param_groups[0]["lr"], "images_per_s": self._images / max(elapsed, 1e-9),
-                  "epoch_time_s": elapsed, "global_step": t.global_step, "world_size": t.world_size}
+                  "epoch_time_s": elapsed, "global_step": t.global_step, "world_size": t.world_size,
+                  "degenerate_boxes": self._degenerate}
 
 
 class StepLogger(HookBase):

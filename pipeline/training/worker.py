@@ -86,7 +86,7 @@ def build_trainer(params: Params, data_dir: str | Path, *, rank: int = 0, world:
 
     train, resize, device = params.train, params.data.resize, torch.device(device)
     train_ds = CocoDetectionDataset(Path(data_dir) / "train.json", transforms=build_transforms(
-        True, resize.min_size, resize.max_size, hflip_prob=train.hflip_prob, color_jitter=train.color_jitter))
+        True, resize.min_size, resize.max_size, train.augment.recipe()))
     if len(train_ds) < world:
         raise ValueError(f"{Path(data_dir) / 'train.json'}: {len(train_ds)} images are fewer than "
                          f"{world} workers; nothing to train on")

@@ -25,7 +25,7 @@ def repo_params(tmp_path):
     return path
 
 
-def test_fit_writes_the_section_table_plot_and_applies(tmp_path, tiny_coco, repo_params, capsys):
+def test_fit_writes_the_section_table_plot_and_applies(tmp_path, tiny_coco, repo_params, capsys, monkeypatch):
     out = tmp_path / "reports"
     before_text = repo_params.read_text()
     before = load_params(repo_params)
@@ -39,6 +39,9 @@ def test_fit_writes_the_section_table_plot_and_applies(tmp_path, tiny_coco, repo
     assert list(section) == ["model"] and set(section["model"]["anchors"]) == {"scales", "aspect_ratios"}
     report = json.loads((out / "anchors.json").read_text())
     assert report["fitted"] == section["model"]["anchors"]
+    proposed = section["model"]["rpn"]["iou_thresholds"]  # fitted together with the anchors
+    assert report["iou_thresholds"]["proposed"] == proposed and 0.1 <= proposed[0] < proposed[1] <= 0.7
+    assert "model.rpn.iou_thresholds=" in printed and "proposed model.rpn.iou_thresholds" in printed
     assert report["budget"] == 2 * 5  # today's count: 2 scales x 5 ratios
     assert report["bpr_after"] >= report["bpr_before"]
     assert report["after"]["num_boxes"] == sum(  # every non-crowd training box
@@ -47,20 +50,34 @@ def test_fit_writes_the_section_table_plot_and_applies(tmp_path, tiny_coco, repo
     assert (out / "anchors.png").read_bytes()[:4] == b"\x89PNG"
     assert repo_params.read_text() == before_text  # no --apply: params untouched
 
-    # --apply: the two keys change, every other line (comments included) stays
+    # --apply: the anchor keys and the RPN thresholds change, every other line (comments included) stays
     assert main([*args, "--apply"]) == 0
     assert "into " + str(repo_params) in capsys.readouterr().out
     after_text = repo_params.read_text()
     changed = [(a, b) for a, b in zip(before_text.splitlines(), after_text.splitlines()) if a != b]
     assert len(before_text.splitlines()) == len(after_text.splitlines())
-    assert [b.split(":")[0].strip() for _, b in changed] == ["scales", "aspect_ratios"]
+    assert [b.split(":")[0].strip() for _, b in changed] == ["scales", "aspect_ratios", "iou_thresholds"]
     assert "# anchor side = FPN stride x scale" in after_text
     applied = load_params(repo_params)  # validated by DetectorConfig.from_dict
     assert applied.model["anchors"] == section["model"]["anchors"]
+    assert applied.model["rpn"]["iou_thresholds"] == proposed
     config = applied.detector_config(num_classes=2)
     assert config.anchors.per_level and len(config.anchors.scales) == len(config.fpn_levels)
+    assert list(config.rpn.iou_thresholds) == proposed
     assert {k: v for k, v in applied.model.items() if k != "anchors"} == \
-        {k: v for k, v in before.model.items() if k != "anchors"}
+        {k: v for k, v in before.model.items() if k != "anchors"} | {"rpn": before.model["rpn"] | {"iou_thresholds": proposed}}
+    # train builds its model from them, and prepare's anchor-fit report uses them
+    from detector import build_model
+
+    assert build_model(config).rpn is not None
+    work = tmp_path / "work"
+    work.mkdir()
+    tiny = ["data.synthetic.num_train=4", "data.synthetic.num_val=2", "data.synthetic.image_size=64",
+            "data.synthetic.min_object_size=8", "data.synthetic.max_object_size=32"]
+    monkeypatch.chdir(work)
+    assert main(["prepare", "--params", str(repo_params), *[a for t in tiny for a in ("--set", t)]]) == 0
+    fit = json.loads((work / "reports/anchor_fit.json").read_text())
+    assert fit["train"]["fg_iou"] == proposed[1] and fit["train"]["aspect_ratios"] == config.anchors.aspect_ratios
 
 
 def test_shared_scales_and_budget(tmp_path, tiny_coco, repo_params):

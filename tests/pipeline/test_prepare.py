@@ -176,3 +176,35 @@ def test_coco_jpegs_are_referenced_in_place_not_copied(workdir, mixed_coco):
     assert main(["prepare", *sets, "--set", f"data.coco.train_images={absolute}"]) == 0
     names = [img["file_name"] for img in json.loads((prepared / "train.json").read_text())["images"]]
     assert all(name.startswith(str(absolute) + "/") for name in names)
+
+
+def test_held_out_test_split_is_disjoint_from_train_and_val(workdir, capsys):
+    assert main(["prepare", *_sets(*TINY, "data.synthetic.num_train=10", "data.test_fraction=0.3")]) == 0
+    assert "test: 3 images" in capsys.readouterr().out
+    splits = {name: json.loads((workdir / f"data/prepared/{name}.json").read_text()) for name in ("train", "val", "test")}
+    ids = {name: {img["id"] for img in coco["images"]} for name, coco in splits.items()}
+    files = {name: {img["file_name"] for img in coco["images"]} for name, coco in splits.items()}
+    assert (len(ids["train"]), len(ids["val"]), len(ids["test"])) == (7, 3, 3)
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        assert not ids[a] & ids[b] and not files[a] & files[b], (a, b)
+    for image in splits["test"]["images"]:
+        assert (workdir / "data/prepared" / image["file_name"]).is_file()
+    assert {a["image_id"] for a in splits["test"]["annotations"]} <= ids["test"]
+    assert json.loads((workdir / "reports/data.json").read_text())["test"]["images"] == 3
+    # without it, no test split is written and none is left behind
+    assert main(["prepare", *_sets(*TINY)]) == 0
+    assert not (workdir / "data/prepared/test.json").exists()
+
+
+def test_coco_test_annotations_are_the_test_split(workdir, capsys):
+    ann, held = _coco_source(workdir / "src"), _coco_source(workdir / "held", n=4)
+    sets = _sets("data.source=coco", f"data.coco.train_annotations={ann}", "data.coco.train_images=src/imgs",
+                 f"data.coco.test_annotations={held}", "data.coco.test_images=held/imgs")
+    assert main(["prepare", *sets]) == 0
+    test = json.loads((workdir / "data/prepared/test.json").read_text())
+    assert len(test["images"]) == 4 and [c["name"] for c in test["categories"]] == ["a", "b"]
+    assert main(["prepare", *sets, *_sets("data.test_fraction=0.2")]) == 2  # two test splits asked for
+    capsys.readouterr()
+    # the train images as "test": refused, naming the shared file
+    assert main(["prepare", *sets, *_sets(f"data.coco.test_annotations={ann}", "data.coco.test_images=src/imgs")]) == 2
+    assert "shares 4 image file(s) with the train split" in capsys.readouterr().err  # 4 of the 5 (val: 1)

@@ -126,6 +126,11 @@ def test_anchor_fit_warning_names_a_computed_suggestion(every_anchor_best_iou):
     assert f"reaches {suggestion['bpr']:.1%}" in warning
     assert f"--set model.anchors.scales={json.dumps(suggestion['scales'], separators=(',', ':'))}" in warning
     assert "python -m pipeline anchors" in warning and "e.g. [6, 8, 11]" not in warning
+    # the RPN thresholds proposed with them, from the same best IoUs (pipeline/anchor_search/thresholds.py)
+    from pipeline.anchor_search.thresholds import propose_iou_thresholds
+
+    assert suggestion["iou_thresholds"] == propose_iou_thresholds(reference).as_params()
+    assert f"--set model.rpn.iou_thresholds={json.dumps(suggestion['iou_thresholds'], separators=(',', ':'))}" in warning
     ratios = suggestion["aspect_ratios"]
     assert min(ratios) < 0.3 and max(ratios) > 3.5  # both 1:5 and 5:1 covered
     # without suggest (the val split, the tune trials) no search runs and no suggestion is made

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from worker_hooks import PoisonAt
@@ -38,6 +40,16 @@ class SaveAfterEpoch(HookBase):
             train_state.save_state(self.folder, {**self.trainer.state_dict(), **self.extra_state})
 
 
+class _Each(HookBase):
+    """Calls ``fn(trainer)`` after every step."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def after_step(self):
+        self.fn(self.trainer)
+
+
 def _params(tiny_params, *overrides):
     return tiny_params("train.epochs=2", "train.val_every=1", "train.precise_bn_images=4", *overrides)
 
@@ -66,6 +78,7 @@ def test_two_epochs_with_the_default_hooks_and_a_resume_to_the_same_weights(tiny
     assert [r["epoch"] for r in straight.history] == [1, 2] and straight.global_step == 8
     for row in straight.history:
         assert LOSS_TERMS | {"loss", "lr", "images_per_s", "epoch_time_s", "global_step", "AP50", "AP"} <= set(row)
+        assert row["degenerate_boxes"] == 0  # the default recipe (resize, flip) removes no box
     assert [r["global_step"] for r in straight.history] == [4, 8]
     assert len(straight.report["steps"]) == 4  # log_every=1: every step of the last epoch
     messages = [r.getMessage() for r in caplog.records]
@@ -149,3 +162,19 @@ def test_progress_rows_every_log_every_steps_and_at_least_every_max_interval(mon
         clock[0] += 12.0
         logger.after_step()
     assert [r["step"] for r in trainer.report["steps"]] == logged
+
+
+def test_the_full_recipe_trains_and_its_removed_boxes_are_counted(tiny_params, tiny_coco):
+    """Every v2 augmentation on: the step runs on what the recipe yields (boxes dropped by crops included)."""
+    from pipeline.training.hooks import EpochMetrics
+
+    params = _params(tiny_params, "train.epochs=1", "train.val_every=0", "train.augment.scale_jitter=[0.5, 1.5]",
+                     "train.augment.iou_crop_prob=1.0", "train.augment.zoom_out_prob=0.5",
+                     "train.augment.photometric_prob=0.5", "train.augment.vflip_prob=0.5")
+    trainer, _ = build_trainer(params, tiny_coco)
+    seen = []
+    trainer.register_hooks([EpochMetrics(), _Each(lambda t: seen.extend(x.get("degenerate_boxes", 0) for x in t.batch[1]))])
+    trainer.train()
+    (row,) = trainer.history
+    assert row["degenerate_boxes"] == sum(seen) and all(isinstance(n, int) and n >= 0 for n in seen)
+    assert math.isfinite(row["loss"])

@@ -32,9 +32,10 @@ def test_grouped_loader_one_orientation_per_batch_and_seeded_augmentation(mixed_
     from pipeline.data.dataset import CocoDetectionDataset
     from pipeline.data.transforms import build_transforms
 
-    train = tiny_params("train.batch_size=3", "train.hflip_prob=0.5", "train.color_jitter=0.3").train
+    train = tiny_params("train.batch_size=3", "train.augment.hflip_prob=0.5",
+                        "train.augment.photometric_prob=0.5").train
     dataset = CocoDetectionDataset(_prepared(mixed_coco), transforms=build_transforms(
-        True, 64, 96, hflip_prob=train.hflip_prob, color_jitter=train.color_jitter))
+        True, 64, 96, train.augment.recipe()))
     cpu = torch.device("cpu")
     built = build_train_loader(dataset, train, rank=0, world=1, device=cpu)
     assert built.grouped and built.workers == 0 and not built.pin_memory  # auto on CPU: 0 workers, no pinning
