@@ -375,10 +375,19 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = 
     return params
 
 
+# Keys that moved: a params.yaml or --set with the old name gets the new one in its error.
+RENAMED_KEYS = {"train.hflip_prob": "train.augment.hflip_prob",
+                "train.color_jitter": "train.augment.photometric_prob (RandomPhotometricDistort's probability)"}
+
+
 def params_from_dict(raw: dict[str, Any]) -> Params:
     """Build :class:`Params` from a nested dict, checking keys and types."""
     from detector import typed  # imported here: ``import detector`` loads torch
 
+    for old, new in RENAMED_KEYS.items():
+        section, _, name = old.partition(".")
+        if isinstance(raw.get(section), dict) and name in raw[section]:
+            raise ParamsError(f"{old}: renamed to {new}; move the value there")
     return typed.from_dict(Params, raw, error=ParamsError, relative_errors=False)
 
 
@@ -397,6 +406,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             value = yaml.safe_load(text)
         except yaml.YAMLError as err:
             raise ParamsError(f"--set {key}: value {text!r} is not valid YAML: {err}") from err
+        if key in RENAMED_KEYS:
+            raise ParamsError(f"--set {key}: renamed to {RENAMED_KEYS[key]}")
         if not _schema_has_key(key):
             raise ParamsError(f"--set {key}: unknown params key")
         try:

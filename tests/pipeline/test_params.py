@@ -44,6 +44,7 @@ def test_set_overrides_are_yaml_typed(tmp_path):
     ("override", "message"),
     [
         ("train.epoch=3", "train.epoch: unknown params key"),
+        ("train.hflip_prob=0.5", "train.hflip_prob: renamed to train.augment.hflip_prob"),
         ("train.epochs=abc", "train.epochs: expected int, got 'abc'"),
         ("train.epochs=true", "train.epochs: expected int, got True"),
         ("train.epochs=0", "train.epochs: 0 must be > 0"),
@@ -64,6 +65,12 @@ def test_unknown_key_in_file_is_named(tmp_path):
     with pytest.raises(ParamsError) as err:
         load_params(path, validate_model=False)
     assert "data.synthetic.num_trian" in str(err.value) and str(path) in str(err.value)
+
+
+def test_a_renamed_key_in_file_names_its_new_place(tmp_path):
+    path = _write(tmp_path, {"train": {"color_jitter": 0.2}})
+    with pytest.raises(ParamsError, match=r"train.color_jitter: renamed to train.augment.photometric_prob"):
+        load_params(path, validate_model=False)
 
 
 def test_missing_and_malformed_files(tmp_path):

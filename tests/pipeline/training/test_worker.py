@@ -7,7 +7,7 @@ from pipeline.training.worker import build_trainer, eval_dataset, precise_bn_dat
 
 
 def test_precise_bn_views_the_training_split_instead_of_loading_it_again(tiny_params, tiny_coco, monkeypatch):
-    params = tiny_params("train.precise_bn_images=4", "train.hflip_prob=1.0")
+    params = tiny_params("train.precise_bn_images=4", "train.augment.hflip_prob=1.0")
     trainer, _ = build_trainer(params, tiny_coco)
     train_ds = trainer.dataset
     assert train_ds is trainer.loader.dataset.dataset  # the split the loader trains on
