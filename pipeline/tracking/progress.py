@@ -9,16 +9,16 @@ places on the driver's node, so a local ``sqlite:///`` store works on any cluste
   every ``mlflow.system_metrics_interval_s``;
 - **once per epoch**, ``ray.train.report`` of every rank (a barrier Ray Train needs anyway for the
   checkpoint): rank 0's metrics (:func:`epoch_metrics`) carry the epoch's row (epoch, loss terms,
-  lr, throughput, validation AP, world size) and the epoch's progress rows again; without a live
-  channel (a sweep's trials) the sampled nodes' samples ride on them too; rank 0's first report
+  lr, throughput, validation AP, world size) and the epoch's progress rows again, and the sampled
+  nodes' samples of the epoch ride on them too (again, when a live channel sent them); rank 0's first report
   after a (re)start carries the whole history of the run so far, so that a sink that rewrites its
   files from scratch (live DVC metrics) never shows an epoch twice after a resume or a restart.
 
 :class:`ProgressCallback`, a Ray Train ``UserCallback`` in the Train controller, receives both: a
 daemon thread takes what the channel holds every :data:`POLL_S` seconds, the epoch reports arrive
 in ``after_report``, and a :class:`Relay` hands everything to each *sink*, one delivery at a time
-(a lock), each global step once however many ways it arrived (its live copy, the epoch report's
-copy, the repeat of an epoch after a worker failure). A sink has ``on_epoch(report)`` and may have
+(a lock), each global step and each sample once however many ways it arrived (its live copy, the
+epoch report's copy, the repeat of an epoch after a worker failure). A sink has ``on_epoch(report)`` and may have
 ``on_steps(rows)`` and ``on_system(samples)``: :class:`MlflowMetrics` and the live DVC metrics of
 :mod:`pipeline.tracking.live`. A Ray Tune sweep forwards the epoch reports to its driver
 (:class:`pipeline.tuning.callbacks.TrialReport`), where :class:`pipeline.tracking.trials.TrialTracker`
@@ -91,6 +91,20 @@ def _system_samples(value: Any) -> list[dict[str, Any]]:
     return [{k: v for k, v in s.items() if k in (NODE_KEY, TIME_KEY) or _number(v)}
             for s in value or [] if isinstance(s, dict) and isinstance(s.get(NODE_KEY), str)
             and _number(s.get(TIME_KEY))]
+
+
+def _samples_after(samples: list[dict[str, Any]], last_time: dict[str, float]) -> list[dict[str, Any]]:
+    """The samples, in order, each later than every sample of its node before it (``last_time``,
+    ``{node: time}``, is updated): a sample at or before is a copy of one already delivered."""
+    from pipeline.tracking.system_metrics import NODE_KEY, TIME_KEY
+
+    fresh = []
+    for sample in samples:
+        node, at = sample[NODE_KEY], float(sample[TIME_KEY])
+        if at > last_time.get(node, -float("inf")):
+            fresh.append(sample)
+            last_time[node] = at
+    return fresh
 
 
 @dataclass
@@ -273,14 +287,17 @@ class Relay:
     Deliveries take a lock (sinks never run concurrently) and each global step goes out once:
     rows at or below the highest step delivered are dropped (the epoch report's copies of rows
     that came live, the rows of an epoch repeated after a worker failure; the values a repeated
-    epoch computes again are those of the first try, epochs being idempotent). A sink failing
-    live deliveries warns once, until it records again.
+    epoch computes again are those of the first try, epochs being idempotent). Each system-metric
+    sample goes out once too: a node's samples at or before the latest of its samples delivered
+    are copies (the epoch report's, of samples that came live). A sink failing live deliveries
+    warns once, until it records again.
     """
 
     def __init__(self, sinks: list[MetricsSink], channel: Any = None, poll_s: float = POLL_S):
         self.sinks, self.channel, self.poll_s = list(sinks), channel, poll_s
         self._lock = threading.Lock()
         self._last_step = -1.0
+        self._last_sample: dict[str, float] = {}  # node -> time of its latest sample delivered
         self._failing: set[tuple[int, str]] = set()  # (sink index, method) whose failure was reported
 
     def start(self) -> threading.Thread:
@@ -327,6 +344,7 @@ class Relay:
 
     def _steps_and_system(self, steps: list[dict[str, float]], system: list[dict[str, Any]], live: bool) -> None:
         fresh, self._last_step = _steps_after(steps, self._last_step)
+        system = _samples_after(system, self._last_sample)
         deliveries = []
         if fresh:
             deliveries.append(("on_steps", fresh, _describe_steps(fresh)))

@@ -79,8 +79,8 @@ class NodeSampler:
     ``samples_before_logging=1``); the CPU utilisation is the average since the previous sample
     (or since the start). Samples are dicts ``{"node": name, "time": unix ms, <metric>: value}``:
     :meth:`drain` hands over those taken since its previous call (taking one first if none was
-    ever taken, so a node's first report always carries one), or ``publish`` (if given) receives
-    each one as it is taken.
+    ever taken, so a node's first report always carries one); ``publish`` (if given) also receives
+    each one as it is taken, so the epoch report still carries a sample whose live copy was lost.
     """
 
     def __init__(self, node: str, interval_s: float = 10.0,
@@ -143,7 +143,7 @@ class NodeSampler:
 
     def stop(self, final_sample: bool = False) -> None:
         """Stop sampling; ``final_sample``: one more sample covering the time since the last one
-        (if none was taken yet, or if that was at least a second ago), published or kept for
+        (if none was taken yet, or if that was at least a second ago), published (if publishing) and kept for
         :meth:`drain`."""
         self._final = final_sample
         self._stop.set()
@@ -175,11 +175,10 @@ class NodeSampler:
         self._taken += 1
         self._last = time.monotonic()
         sample = {NODE_KEY: self.node, TIME_KEY: time.time() * 1000, **values}
-        if self.publish is not None:
-            self.publish([sample])
-            return
         with self._lock:
             self._samples.append(sample)
+        if self.publish is not None:
+            self.publish([sample])
 
 
 def _cpu_busy_total(times: Any) -> tuple[float, float]:
@@ -302,9 +301,11 @@ def run_monitor(run: Mapping[str, str] | None, interval_s: float) -> contextlib.
 
 class NodeMetrics(HookBase):
     """A training hook the driver adds to every worker: the local rank 0 of each node that is sampled
-    (:func:`worker_sampler`) samples it in the background and puts each sample into ``channel`` (a
-    :class:`~pipeline.tracking.channel.LiveChannel`) as it is taken, or, without a channel, adds the
-    epoch's samples to the epoch's report; the sampler stops when training ends, however it ends."""
+    (:func:`worker_sampler`) samples it in the background, puts each sample into ``channel`` (a
+    :class:`~pipeline.tracking.channel.LiveChannel`, if any) as it is taken, and adds the epoch's
+    samples to the epoch's report: a sample whose live copy never reached the driver (sent or taken
+    after the channel closed, a worker that died) still arrives with its epoch, and the driver's
+    relay delivers each sample once. The sampler stops when training ends, however it ends."""
 
     def __init__(self, settings: SystemMetricsSettings, channel: Any = None):
         self.settings, self.channel = settings, channel
@@ -318,7 +319,7 @@ class NodeMetrics(HookBase):
 
     def after_epoch(self) -> None:
         if self._sampler is not None:
-            self.trainer.report[SYSTEM_KEY] = self._sampler.drain()  # none left when they are published
+            self.trainer.report[SYSTEM_KEY] = self._sampler.drain()
 
     def after_train(self) -> None:
         if self._sampler is not None:

@@ -154,8 +154,14 @@ def test_relay_delivers_live_rows_and_each_step_once():
     for step in (4, 5, 4, 5, 6):
         channel.put(progress.STEPS_KEY, [_row(step, loss=float(step))])
     relay.drain()
-    relay.epoch(_epoch(2, [_row(4), _row(5), _row(6)], system=[SAMPLE]))  # no live channel: samples in the report
-    assert sink.calls[4:] == [("steps", [4, 5, 6]), ("system", 1), ("epoch", (2, 0, 0))]
+    # the report carries the epoch's samples: the one that came live (a copy) and one whose live put was lost
+    later = {**SAMPLE, "time": SAMPLE["time"] + 10_000}
+    other_node = {**SAMPLE, "node": "m"}  # another node's clock: its own order
+    relay.epoch(_epoch(2, [_row(4), _row(5), _row(6)], system=[SAMPLE, later, other_node]))
+    assert sink.calls[4:] == [("steps", [4, 5, 6]), ("system", 2), ("epoch", (2, 0, 0))]
+    channel.put(progress.SYSTEM_KEY, [later])  # a live copy arriving after the report: not delivered again
+    relay.drain()
+    assert len(sink.calls) == 7
     channel.closed = True
     assert not relay.drain()  # the driver closed the channel: training ended
 
