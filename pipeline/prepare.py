@@ -103,7 +103,8 @@ def prepare(data: DataParams, anchors: AnchorSettings, out_dir: Path = PREPARED_
         check_unique_files(split)  # bad input too: find it before deleting anything
     if test is not None:
         check_held_out(test, [train, val])
-    check_images([train, val, *held_out.values()], mode=data.verify_images, workers=workers)
+    exif = check_images([train, val, *held_out.values()], mode=data.verify_images, workers=workers,
+                        exif=data.exif_orientation)
 
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -118,6 +119,9 @@ def prepare(data: DataParams, anchors: AnchorSettings, out_dir: Path = PREPARED_
     data_report: dict[str, Any] = {
         "source": data.source, "on_invalid_box": data.on_invalid_box, "class_names": train.class_names,
         "verify_images": data.verify_images, "images_copied": train.images.pixels is not None,
+        # images with an EXIF orientation tag (not 1), and how many of them are read turned upright
+        "exif_orientation": {"setting": data.exif_orientation, "tagged": exif["exif_tagged"],
+                             "turned": exif["exif_turned"]},
         **{name: split_summary(split, counts[name]) for name, split in splits.items()},
     }
     _write_json(reports_dir / "data.json", data_report)

@@ -10,11 +10,14 @@ Import them directly; this package imports nothing heavy.
 
 from pipeline.data.errors import (
     AnnotationError,
+    BadImageError,
     DataError,
     EmptySplitError,
     ImageError,
     InvalidBoxError,
+    TooManyBadImagesError,
     UnsafePathError,
 )
 
-__all__ = ["AnnotationError", "DataError", "EmptySplitError", "ImageError", "InvalidBoxError", "UnsafePathError"]
+__all__ = ["AnnotationError", "BadImageError", "DataError", "EmptySplitError", "ImageError", "InvalidBoxError",
+           "TooManyBadImagesError", "UnsafePathError"]

@@ -11,6 +11,11 @@
     size      (h, w) after transforms
     degenerate_boxes  int, with the training recipe only: boxes it removed (under 1 px after a crop,
               zoom-out or resize), their labels and iscrowd removed with them
+    bad_images  (only when files could not be decoded) ``[{"file", "error"}, ...]``: the files this
+              item replaced (``on_bad_image="replace"``) or its own file (``"skip"``, image None)
+
+Images are decoded by :func:`pipeline.data.decode.decode_image`: 8-bit RGB, the EXIF orientation
+applied by the rule shared with ``prepare`` (the annotated width/height pick the frame).
 
 The split is held in a few flat numpy arrays (:class:`FlatRecords`), not one Python object per
 image or box: DataLoader workers forked from the training process read them without writing to
@@ -27,7 +32,7 @@ from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -36,7 +41,13 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from pipeline.data import jsonstream
+from pipeline.data.decode import ExifOrientation, decode_or_none
+from pipeline.data.errors import BadImageError, TooManyBadImagesError
 from pipeline.data.transforms import to_tensor
+
+BAD_IMAGES_KEY = "bad_images"  # target key: the files an item could not decode, [{"file", "error"}]
+MAX_REPLACEMENT_TRIES = 64     # consecutive undecodable images before an item gives up
+OnBadImage = Literal["replace", "skip", "fail"]
 
 
 class CocoDetectionDataset(Dataset):
@@ -49,13 +60,20 @@ class CocoDetectionDataset(Dataset):
         transforms: ``(image, target) -> (image, target)``, e.g.
             :func:`pipeline.data.transforms.build_transforms`; the result is converted to a
             tensor if it is still a PIL image.
+        exif_orientation: ``data.exif_orientation`` (:func:`pipeline.data.decode.orientation_applies`).
+        on_bad_image: what an item does when its file cannot be decoded: ``replace`` (training):
+            take the next index that decodes (deterministic) and name the skipped files in
+            ``target["bad_images"]``; ``skip`` (evaluation): return ``(None, {"image_id",
+            "bad_images"})``; ``fail``: raise :class:`BadImageError`.
     """
 
     def __init__(self, annotations: str | Path, images_dir: str | Path | None = None,
-                 transforms: Callable[[Any, dict], tuple[Any, dict]] | None = None) -> None:
+                 transforms: Callable[[Any, dict], tuple[Any, dict]] | None = None, *,
+                 exif_orientation: ExifOrientation = "apply", on_bad_image: OnBadImage = "replace") -> None:
         self.coco_json_path = Path(annotations)
         self.images_dir = Path(images_dir) if images_dir is not None else self.coco_json_path.parent
         self.transforms = transforms
+        self.exif_orientation, self.on_bad_image = exif_orientation, on_bad_image
         self.records = FlatRecords.read(self.coco_json_path)
         self.class_names: list[str] = self.records.class_names
         self.num_classes = len(self.class_names)
@@ -86,16 +104,45 @@ class CocoDetectionDataset(Dataset):
         tensors, free to change in place) and ``image_id``: the target before sizes and transforms."""
         return self.records.target(index)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Any]]:
-        with Image.open(self.image_path(index)) as file:
-            image = file.convert("RGB")
+    def annotated_size(self, index: int) -> tuple[int, int]:
+        """``(width, height)`` the JSON gives (it picks the EXIF frame, :mod:`pipeline.data.decode`)."""
+        return int(self.records.widths[index]), int(self.records.heights[index])
+
+    def __getitem__(self, index: int) -> tuple[Tensor | None, dict[str, Any]]:
+        if not -len(self) <= index < len(self):  # (iterating the dataset stops here)
+            raise IndexError(f"index {index} out of range for {len(self)} images of {self.coco_json_path}")
+        image, index, bad = self._decode(index % len(self))
+        if image is None:  # on_bad_image "skip"
+            return None, {"image_id": int(self.records.image_ids[index]), BAD_IMAGES_KEY: bad}
         size = (image.height, image.width)
         target = {**self.raw_target(index), "orig_size": size, "size": size}
+        if bad:
+            target[BAD_IMAGES_KEY] = bad
         if self.transforms is not None:
             image, target = self.transforms(image, target)
         if not isinstance(image, Tensor):
             image = to_tensor(image)
         return image, target
+
+    def _decode(self, index: int) -> tuple[Image.Image | None, int, list[dict[str, str]]]:
+        """``(image, the index it is of, the files that could not be decoded on the way)``."""
+        bad: list[dict[str, str]] = []
+        for k in range(min(len(self), MAX_REPLACEMENT_TRIES)):
+            i = (index + k) % len(self)
+            path = self.image_path(i)
+            image, error = decode_or_none(path, exif_orientation_setting=self.exif_orientation,
+                                          annotated_size=self.annotated_size(i))
+            if image is not None:
+                return image, i, bad
+            bad.append({"file": str(path), "error": error})
+            if self.on_bad_image == "fail":
+                raise BadImageError(f"{path} (image {int(self.records.image_ids[i])} of {self.coco_json_path}) cannot be "
+                                    f"decoded: {error}; replace or remove the file, or set data.bad_images: skip")
+            if self.on_bad_image == "skip":
+                return None, index, bad
+        listing = "; ".join(f"{b['file']} ({b['error']})" for b in bad)
+        raise TooManyBadImagesError(f"{len(bad)} images in a row of {self.coco_json_path} from index {index} "
+                                    f"cannot be decoded: {listing}; check the image folder")
 
 
 @dataclass(frozen=True)
@@ -147,7 +194,6 @@ class FlatRecords:
         except jsonstream.JsonError as err:
             raise ValueError(f"{path}: not valid JSON: {err}; rerun `python -m pipeline prepare`") from err
         return columns.build()
-
 
 class _Columns:
     """The columns of :class:`FlatRecords` while they are read (typed arrays, 8 bytes a number)."""

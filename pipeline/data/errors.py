@@ -30,3 +30,12 @@ class UnsafePathError(DataError):
 
 class EmptySplitError(DataError):
     """A train or val split without images."""
+
+
+class BadImageError(ImageError):
+    """An image that cannot be decoded while training or evaluating (``data.bad_images: fail``)."""
+
+
+class TooManyBadImagesError(ImageError):
+    """More images of a split could not be decoded than ``data.max_bad_fraction`` allows; the
+    message lists them."""

@@ -24,6 +24,7 @@ from typing import Literal
 
 from PIL import Image, UnidentifiedImageError
 
+from pipeline.data.decode import ExifOrientation, exif_orientation, orientation_applies, oriented_size
 from pipeline.data.errors import AnnotationError, ImageError, InvalidBoxError, UnsafePathError
 from pipeline.data.records import Images, Split
 
@@ -124,9 +125,11 @@ def available_cpus() -> int:
 
 
 def check_images(splits: Sequence[Split], mode: VerifyMode = "header", workers: int | None = None,
-                 chunk_size: int = 256, progress: bool = True) -> None:
+                 chunk_size: int = 256, progress: bool = True, exif: ExifOrientation = "apply") -> Counter:
     """Check every source image of ``splits``: it exists, is an image of the annotated size
-    and is complete (see :func:`image_problem`).
+    (in the frame the EXIF rule ``exif`` picks, :func:`pipeline.data.decode.orientation_applies`)
+    and is complete (see :func:`image_problem`). Returns the EXIF counts: ``exif_tagged`` (images
+    with an orientation other than 1) and ``exif_turned`` (of those, read turned).
 
     The files are checked in ``workers`` processes (default: one per available CPU), in
     chunks of ``chunk_size`` images with a bounded number of chunks in flight, so memory
@@ -144,13 +147,14 @@ def check_images(splits: Sequence[Split], mode: VerifyMode = "header", workers: 
             for start in range(0, len(split.images), chunk_size)]
     total = sum(end - start for _, start, end in jobs)
     workers = available_cpus() if workers is None else workers
+    counts: Counter = Counter()
     with tqdm(total=total, desc=f"checking images ({mode})", unit="img", file=sys.stderr,
               disable=None if progress else True, dynamic_ncols=True, mininterval=0.5) as bar:
         if workers <= 1 or len(jobs) <= 1:
             for images, start, end in jobs:
-                _raise_first(images, start, _check_chunk(_chunk_args(images, start, end), mode))
+                _raise_first(images, start, _check_chunk(_chunk_args(images, start, end), mode, exif), counts)
                 bar.update(end - start)
-            return
+            return counts
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
@@ -161,20 +165,22 @@ def check_images(splits: Sequence[Split], mode: VerifyMode = "header", workers: 
             pending: deque = deque()
             queue = iter(jobs)
             for images, start, end in queue:
-                pending.append((images, start, end, pool.submit(_check_chunk, _chunk_args(images, start, end), mode)))
+                pending.append((images, start, end, pool.submit(_check_chunk, _chunk_args(images, start, end), mode,
+                                                                exif)))
                 if len(pending) >= 4 * workers:
                     break
             while pending:
                 images, start, end, future = pending.popleft()
-                _raise_first(images, start, future.result())
+                _raise_first(images, start, future.result(), counts)
                 bar.update(end - start)
                 nxt = next(queue, None)
                 if nxt is not None:
                     n_images, n_start, n_end = nxt
                     pending.append((n_images, n_start, n_end,
-                                    pool.submit(_check_chunk, _chunk_args(n_images, n_start, n_end), mode)))
+                                    pool.submit(_check_chunk, _chunk_args(n_images, n_start, n_end), mode, exif)))
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+    return counts
 
 
 def _chunk_args(images: Images, start: int, end: int) -> list[tuple[str, int, int]]:
@@ -183,67 +189,94 @@ def _chunk_args(images: Images, start: int, end: int) -> list[tuple[str, int, in
         images.file_names[start:end], images.widths[start:end].tolist(), images.heights[start:end].tolist())]
 
 
-def _check_chunk(items: list[tuple[str, int, int]], mode: VerifyMode) -> list[tuple[int, str]]:
-    """``(offset in the chunk, problem)`` for each bad image of the chunk (run in a worker)."""
-    out = []
+def _check_chunk(items: list[tuple[str, int, int]], mode: VerifyMode, exif: ExifOrientation = "apply"
+                 ) -> tuple[list[tuple[int, str]], Counter]:
+    """``(offset in the chunk, problem)`` for each bad image of the chunk, and its EXIF counts (run in a worker)."""
+    out, counts = [], Counter()
     for k, (path, width, height) in enumerate(items):
-        problem = image_problem(path, width, height, mode)
+        problem, orientation, turned = inspect_image(path, width, height, mode, exif)
+        counts["exif_tagged"] += orientation != 1
+        counts["exif_turned"] += turned
         if problem is not None:
             out.append((k, problem))
-    return out
+    return out, counts
 
 
-def _raise_first(images: Images, start: int, problems: list[tuple[int, str]]) -> None:
+def _raise_first(images: Images, start: int, result: tuple[list[tuple[int, str]], Counter], counts: Counter) -> None:
+    problems, chunk_counts = result
+    counts.update(chunk_counts)
     if problems:
         k, problem = problems[0]
         raise ImageError(f"{images.where(start + k)}: {problem}")
 
 
-def image_problem(path: str | os.PathLike, width: int, height: int, mode: VerifyMode = "header") -> str | None:
-    """What is wrong with the image file at ``path`` annotated as ``width x height``, or ``None``.
+def image_problem(path: str | os.PathLike, width: int, height: int, mode: VerifyMode = "header",
+                  exif: ExifOrientation = "apply") -> str | None:
+    """What is wrong with the image file at ``path`` annotated as ``width x height``, or ``None``
+    (:func:`inspect_image`'s problem)."""
+    return inspect_image(path, width, height, mode, exif)[0]
 
-    ``header`` reads the header (format, size) and, where the format allows, checks that the
-    file is complete without decoding it: a JPEG must have an end-of-image marker (``FF D9``)
-    after its scan data, a PNG its ``IEND`` chunk, a WebP as many bytes as its RIFF header
-    says. JPEG and PNG headers are parsed here (a few reads, ~30 us per file); other formats,
-    and anything unusual, go through PIL. Other formats get the header checks only. ``decode``
-    decodes every pixel with PIL (slow; it also catches corrupt data inside a complete file).
+
+def inspect_image(path: str | os.PathLike, width: int, height: int, mode: VerifyMode = "header",
+                  exif: ExifOrientation = "apply") -> tuple[str | None, int, bool]:
+    """``(problem or None, EXIF orientation, whether it is read turned)`` of the image file at ``path``
+    annotated as ``width x height``.
+
+    ``header`` reads the header (format, size, EXIF orientation) and checks that the file is
+    complete without decoding it: a JPEG must have an end-of-image marker (``FF D9``) after its
+    scan data, a PNG its ``IEND`` chunk, a WebP as many bytes as its RIFF header says. Plain JPEG
+    and PNG headers are parsed here (a few reads, ~30 us per file; the EXIF block, if any, is
+    parsed by PIL); other formats go through PIL, and those whose completeness cannot be seen from
+    their ends (BMP, GIF, TIFF, ...) are decoded. ``decode`` decodes every pixel with PIL (slow;
+    it also catches damaged data inside a complete file, e.g. a JPEG's scan data).
     """
     if mode == "header":
         try:
             with open(path, "rb") as f:
                 fast = _fast_header(f)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-            return f"image file {path} not found; fix file_name or the image folder"
+            return f"image file {path} not found; fix file_name or the image folder", 1, False
         except OSError as err:
-            return f"image file {path} is unreadable or truncated ({err}); re-export or remove the image"
+            return f"image file {path} is unreadable or truncated ({err}); re-export or remove the image", 1, False
         if fast is not None:
-            return _problem(path, width, height, *fast)
+            return _problem(path, width, height, *fast, exif=exif)
     try:
         with Image.open(path) as image:
-            size = image.size
-            if mode == "decode":
+            size, orientation, fmt = image.size, exif_orientation(image), image.format or "image"
+            if mode == "decode" or fmt not in _TAIL_CHECKED:
                 image.load()
                 complete = True
             else:
                 complete = _complete(image)
-            fmt = image.format or "image"
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        return f"image file {path} not found; fix file_name or the image folder"
+        return f"image file {path} not found; fix file_name or the image folder", 1, False
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        return f"image file {path} is unreadable or truncated ({err}); re-export or remove the image"
-    return _problem(path, width, height, fmt, size, complete)
+        return f"image file {path} is unreadable or truncated ({err}); re-export or remove the image", 1, False
+    return _problem(path, width, height, fmt, size, complete, orientation, exif=exif)
 
 
 def _problem(path: str | os.PathLike, width: int, height: int, fmt: str, size: tuple[int, int],
-             complete: bool) -> str | None:
+             complete: bool, orientation: int = 1, *, exif: ExifOrientation = "apply") -> tuple[str | None, int, bool]:
     if not complete:
         return (f"image file {path} is unreadable or truncated (the {fmt} data has no end marker: "
-                "the file ends early); re-export or remove the image")
-    if size != (width, height):
+                "the file ends early); re-export or remove the image", orientation, False)
+    turned = orientation_applies(orientation, size, (width, height), exif)
+    expected = oriented_size(size, orientation) if turned else size
+    if (width, height) == expected:
+        return None, orientation, turned
+    if orientation == 1:
         return (f"annotated size {width}x{height} differs from {path} ({size[0]}x{size[1]}); "
-                "fix width/height in the annotations")
-    return None
+                "fix width/height in the annotations", orientation, turned)
+    upright = oriented_size(size, orientation)
+    if (width, height) == size:  # a 90-degree tag, annotated in the stored frame, read upright (apply)
+        return (f"annotated size {width}x{height} is the stored frame of {path}, but its EXIF orientation "
+                f"{orientation} shows it turned as {upright[0]}x{upright[1]}, and data.exif_orientation is "
+                "apply: if the boxes were drawn on the stored pixels set data.exif_orientation: ignore; "
+                f"if they were drawn on the upright picture, fix width/height to {upright[0]}x{upright[1]}",
+                orientation, turned)
+    return (f"annotated size {width}x{height} fits neither the stored {size[0]}x{size[1]} nor the upright "
+            f"{upright[0]}x{upright[1]} (EXIF orientation {orientation}) of {path}; fix width/height in the "
+            "annotations", orientation, turned)
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -251,17 +284,17 @@ _JPEG_SOF = frozenset([0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xC
 _JPEG_NO_LENGTH = frozenset([0x01, *range(0xD0, 0xD8)])  # TEM, RST0-7
 
 
-def _fast_header(f) -> tuple[str, tuple[int, int], bool] | None:
-    """``(format, (w, h), complete)`` of a plain JPEG or PNG file, or None (let PIL look)."""
+def _fast_header(f) -> tuple[str, tuple[int, int], bool, int] | None:
+    """``(format, (w, h), complete, EXIF orientation)`` of a plain JPEG or PNG file, or None (let PIL look)."""
     head = f.read(1 << 16)
     if head.startswith(_PNG_SIGNATURE):
-        if len(head) < 33 or head[12:16] != b"IHDR":
-            return None
+        if len(head) < 33 or head[12:16] != b"IHDR" or b"eXIf" in head:
+            return None  # PIL reads a PNG's EXIF chunk
         w, h = struct.unpack(">II", head[16:24])
-        return "PNG", (w, h), _marker_after(f, _END_MARKERS["PNG"], 33)
+        return "PNG", (w, h), _marker_after(f, _END_MARKERS["PNG"], 33), 1
     if not head.startswith(b"\xff\xd8"):
         return None
-    pos, size = 2, None
+    pos, size, orientation = 2, None, 1
     while True:  # walk the marker segments up to the start of scan (SOS)
         if pos + 4 > len(head):
             more = f.read(max(1 << 16, pos + 4 - len(head)))
@@ -280,6 +313,11 @@ def _fast_header(f) -> tuple[str, tuple[int, int], bool] | None:
         if marker in (0xD8, 0xD9):
             return None
         length = head[pos] << 8 | head[pos + 1]
+        if marker == 0xE1:  # APP1: EXIF (parsed by PIL) or XMP
+            if pos + length > len(head):
+                head += f.read(pos + length - len(head))
+            if head[pos + 2:pos + 8] == b"Exif\x00\x00":
+                orientation = _orientation(head[pos + 2:pos + length])
         if marker in _JPEG_SOF:
             if pos + 7 > len(head):
                 head += f.read(pos + 7 - len(head))
@@ -290,8 +328,19 @@ def _fast_header(f) -> tuple[str, tuple[int, int], bool] | None:
         if marker == 0xDA:  # SOS: the entropy-coded data follows
             if size is None:
                 return None
-            return "JPEG", size, _marker_after(f, _END_MARKERS["JPEG"], pos + length)
+            return "JPEG", size, _marker_after(f, _END_MARKERS["JPEG"], pos + length), orientation
         pos += length
+
+
+def _orientation(exif_block: bytes) -> int:
+    """The orientation tag of a JPEG's APP1 EXIF block (1 if absent or unreadable)."""
+    exif = Image.Exif()
+    try:
+        exif.load(exif_block)
+    except (OSError, SyntaxError, ValueError, struct.error):
+        return 1
+    value = exif.get(0x0112, 1)
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
 def _marker_after(f, marker: bytes, start: int) -> bool:
@@ -310,6 +359,7 @@ def _marker_after(f, marker: bytes, start: int) -> bool:
 
 
 _END_MARKERS = {"JPEG": b"\xff\xd9", "MPO": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82"}
+_TAIL_CHECKED = frozenset({*_END_MARKERS, "WEBP"})  # formats whose completeness the header mode sees from the tail
 
 
 def _complete(image: Image.Image) -> bool:

@@ -208,3 +208,49 @@ def test_coco_test_annotations_are_the_test_split(workdir, capsys):
     # the train images as "test": refused, naming the shared file
     assert main(["prepare", *sets, *_sets(f"data.coco.test_annotations={ann}", "data.coco.test_images=src/imgs")]) == 2
     assert "shares 4 image file(s) with the train split" in capsys.readouterr().err  # 4 of the 5 (val: 1)
+
+
+def test_exif_oriented_photos_through_prepare_and_the_training_targets(workdir, capsys):
+    """Phone photos stored 60x40 with EXIF orientations 1, 3, 6 and 8, annotated as a viewer shows them
+    (upright size, the box on the white block where the viewer shows it): prepare counts the tags and
+    the photos read turned, and every training target's box sits on the block in the image it comes with."""
+    from pipeline.data.dataset import CocoDetectionDataset
+    from pipeline.data.decode import oriented_size
+
+    raw = workdir / "data/raw/phone"
+    (raw / "images").mkdir(parents=True)
+    stored = np.zeros((40, 60, 3), np.uint8)
+    stored[5:15, 10:30] = 255
+    images, anns = [], []
+    for k, orientation in enumerate([1, 3, 6, 8, 1, 6, 3, 8]):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        Image.fromarray(stored).save(raw / "images" / f"p{k}.jpg", exif=exif.tobytes(), quality=100, subsampling=0)
+        upright = {1: stored, 3: stored[::-1, ::-1], 6: np.rot90(stored, -1), 8: np.rot90(stored, 1)}[orientation]
+        ys, xs = np.nonzero(upright[..., 0] > 128)
+        w, h = oriented_size((60, 40), orientation)
+        images.append({"id": k + 1, "file_name": f"p{k}.jpg", "width": w, "height": h})
+        anns.append({"id": k + 1, "image_id": k + 1, "category_id": 1, "iscrowd": 0, "area": 200,
+                     "bbox": [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]})
+    (raw / "annotations.json").write_text(json.dumps({"images": images, "annotations": anns,
+                                                      "categories": [{"id": 1, "name": "block"}]}))
+    sets = _sets("data.source=coco", "data.coco.train_annotations=data/raw/phone/annotations.json",
+                 "data.coco.train_images=data/raw/phone/images", "data.val_fraction=0.25")
+    assert main(["prepare", *sets]) == 0
+    report = json.loads((workdir / "reports/data.json").read_text())
+    assert report["exif_orientation"] == {"setting": "apply", "tagged": 6, "turned": 6}
+    for split in ("train", "val"):
+        dataset = CocoDetectionDataset(workdir / f"data/prepared/{split}.json")
+        for i in range(len(dataset)):
+            image, target = dataset[i]
+            x0, y0, x1, y1 = (int(v) for v in target["boxes"][0].tolist())
+            assert image[0, y0:y1, x0:x1].mean() > 0.9 and image[0].mean() < 0.2, (split, i)
+    # the same photos annotated in the stored frame under the default (apply): a message names the frame and the fix
+    for img in images:
+        img["width"], img["height"] = 60, 40
+    (raw / "annotations.json").write_text(json.dumps({"images": images, "annotations": anns[:0],
+                                                      "categories": [{"id": 1, "name": "block"}]}))
+    assert main(["prepare", *sets]) == 2
+    assert "is the stored frame of" in capsys.readouterr().err
+    assert main(["prepare", *sets, "--set", "data.exif_orientation=ignore"]) == 0
+    assert json.loads((workdir / "reports/data.json").read_text())["exif_orientation"]["turned"] == 0

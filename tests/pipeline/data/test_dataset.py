@@ -144,3 +144,82 @@ def test_malformed_json_names_the_file_and_position(prepared):
     prepared.write_text('{"images": [}')
     with pytest.raises(ValueError, match=r"train.json: not valid JSON: .* line 1 column 13"):
         CocoDetectionDataset(prepared)
+
+
+def _with_corrupt_image(prepared, corrupt_jpeg, index=0):
+    """``prepared`` with image ``index``'s file a JPEG whose scan data is damaged; returns its path."""
+    coco = json.loads(prepared.read_text())
+    bad = corrupt_jpeg(prepared.parent / "images/train/bad.jpg", size=(coco["images"][index]["width"],
+                                                                    coco["images"][index]["height"]))
+    coco["images"][index]["file_name"] = "images/train/bad.jpg"
+    prepared.write_text(json.dumps(coco))
+    return bad
+
+
+def test_an_undecodable_image_is_replaced_by_the_next_one_and_named(prepared, corrupt_jpeg):
+    bad = _with_corrupt_image(prepared, corrupt_jpeg)
+    image, target = CocoDetectionDataset(prepared)[0]
+    assert target["image_id"] == 6 and image.shape == (3, 30, 30)  # the next image, with its own target
+    (entry,) = target["bad_images"]
+    assert entry["file"] == str(bad) and "broken data stream" in entry["error"]
+    assert "bad_images" not in CocoDetectionDataset(prepared)[1][1]
+
+
+def test_an_undecodable_image_skipped_or_failed(prepared, corrupt_jpeg):
+    from pipeline.data.errors import BadImageError
+
+    bad = _with_corrupt_image(prepared, corrupt_jpeg, index=1)
+    image, target = CocoDetectionDataset(prepared, on_bad_image="skip")[1]
+    assert image is None and target["image_id"] == 6 and target["bad_images"][0]["file"] == str(bad)
+    with pytest.raises(BadImageError, match=r"bad\.jpg \(image 6 of .*train\.json\) cannot be decoded.*bad_images: skip"):
+        CocoDetectionDataset(prepared, on_bad_image="fail")[1]
+
+
+def test_no_decodable_image_at_all_is_an_error(prepared, corrupt_jpeg):
+    from pipeline.data.errors import TooManyBadImagesError
+
+    coco = json.loads(prepared.read_text())
+    for i, img in enumerate(coco["images"]):
+        corrupt_jpeg(prepared.parent / f"images/train/bad{i}.jpg", size=(img["width"], img["height"]))
+        img["file_name"] = f"images/train/bad{i}.jpg"
+    prepared.write_text(json.dumps(coco))
+    with pytest.raises(TooManyBadImagesError, match="2 images in a row"):
+        CocoDetectionDataset(prepared)[0]
+
+
+def _exif_jpeg(path, pixels, orientation):
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(pixels).save(path, exif=exif.tobytes(), quality=100, subsampling=0)
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
+def test_exif_orientation_turns_the_image_under_the_annotated_boxes(tmp_path, orientation):
+    """A phone photo: stored 60x40 with a white block; the annotation (made on the upright picture a
+    viewer shows) boxes the block where the viewer shows it: the training target sits on it."""
+    import numpy as np
+
+    from pipeline.data.decode import oriented_size
+
+    stored = np.zeros((40, 60, 3), np.uint8)
+    stored[5:15, 10:30] = 255  # the block: x 10..30, y 5..15 in the stored frame
+    (tmp_path / "images").mkdir()
+    _exif_jpeg(tmp_path / "images/p.jpg", stored, orientation)
+    upright = {1: stored, 3: stored[::-1, ::-1], 6: np.rot90(stored, -1), 8: np.rot90(stored, 1)}[orientation]
+    ys, xs = np.nonzero(upright[..., 0] > 128)
+    box = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+    w, h = oriented_size((60, 40), orientation)
+    coco = {"images": [{"id": 1, "file_name": "images/p.jpg", "width": w, "height": h}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": box, "iscrowd": 0}],
+            "categories": [{"id": 1, "name": "block"}]}
+    (tmp_path / "train.json").write_text(json.dumps(coco))
+    for setting in ("apply", "ignore"):
+        if setting == "ignore" and orientation == 3:
+            continue  # same size both ways: ignore means the boxes are in the stored frame
+        image, target = CocoDetectionDataset(tmp_path / "train.json", exif_orientation=setting)[0]
+        assert image.shape == (3, h, w)
+        x0, y0, x1, y1 = (int(v) for v in target["boxes"][0].tolist())
+        inside = image[0, y0:y1, x0:x1]
+        assert inside.mean() > 0.9 and image[0].mean() < 0.2  # the box sits on the block

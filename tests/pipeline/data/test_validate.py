@@ -136,7 +136,7 @@ def _variants(tmp_path):
     """JPEGs as cameras and tools write them (progressive, EXIF, grey, CMYK, ICC) and PNGs, 37 x 23."""
     rgb = np.random.default_rng(2).integers(0, 255, (23, 37, 3), dtype=np.uint8)
     exif = Image.Exif()
-    exif[0x0112] = 6  # orientation: stored size is still 37 x 23
+    exif[0x0112] = 6  # orientation: the stored size is still 37 x 23 (23 x 37 upright)
     exif[0x010F] = "camera"
     out = []
     for name, image, kw in [("plain.jpg", Image.fromarray(rgb), {}),
@@ -156,14 +156,71 @@ def test_header_mode_reads_the_size_like_pil_and_flags_every_truncation(tmp_path
 
     for path in _variants(tmp_path):
         with open(path, "rb") as f:
-            fmt, size, complete = _fast_header(f)
+            fmt, size, complete, orientation = _fast_header(f)
         with Image.open(path) as image:
             assert (size, fmt) == (image.size, image.format.replace("MPO", "JPEG")), path.name
-        assert complete and image_problem(path, 37, 23) is None
-        assert "differs" in image_problem(path, 23, 37)
+        assert complete and orientation == (6 if path.name == "exif.jpg" else 1)
+        assert image_problem(path, 37, 23, exif="ignore") is None  # the stored frame
+        if orientation == 1:
+            assert "differs" in image_problem(path, 23, 37)
+        else:  # the upright frame is read turned whatever the setting; the stored one only with ignore
+            assert image_problem(path, 23, 37, exif="ignore") is None and "stored frame" in image_problem(path, 37, 23)
         data = path.read_bytes()
         cut = tmp_path / f"cut-{path.name}"
         for end in list(range(0, len(data), max(1, len(data) // 40))) + [len(data) - 1]:
             cut.write_bytes(data[:end])
-            problem = image_problem(cut, 37, 23)
+            problem = image_problem(cut, 37, 23, exif="ignore")
             assert problem is not None and "unreadable or truncated" in problem, (path.name, end, problem)
+
+
+@pytest.mark.parametrize("fmt,suffix", [("BMP", "bmp"), ("GIF", "gif"), ("TIFF", "tif"), ("WEBP", "webp")])
+def test_header_mode_catches_truncation_of_every_format(tmp_path, fmt, suffix):
+    path = _save(tmp_path / f"a.{suffix}", size=(40, 30), format=fmt)
+    assert image_problem(path, 40, 30) is None
+    data = path.read_bytes()
+    cut = tmp_path / f"cut.{suffix}"
+    cut.write_bytes(data[:len(data) * 3 // 4])
+    assert "unreadable or truncated" in image_problem(cut, 40, 30), fmt
+
+
+def test_a_16_bit_png_passes(tmp_path):
+    Image.fromarray(np.full((10, 20), 40000, np.uint16)).save(tmp_path / "g.png")
+    assert image_problem(tmp_path / "g.png", 20, 10) is None
+
+
+def _exif_jpeg(path, orientation, size=(60, 40)):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    _save(path, size=size, exif=exif.tobytes())
+    return path
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_exif_orientation_picks_the_frame_and_is_counted(tmp_path, fast):
+    from pipeline.data.validate import inspect_image
+
+    names = {o: _exif_jpeg(tmp_path / f"o{o}.jpg", o).name for o in (1, 3, 6, 8)}
+    if not fast:  # the same through PIL: a PNG with an eXIf chunk
+        for o in (3, 6, 8):
+            exif = Image.Exif()
+            exif[0x0112] = o
+            _save(tmp_path / f"o{o}.png", size=(60, 40), exif=exif.tobytes())
+            names[o] = f"o{o}.png"
+    path = {o: tmp_path / n for o, n in names.items()}
+    # annotated upright (what viewers show): turned under either setting
+    assert inspect_image(path[6], 40, 60, exif="ignore") == (None, 6, True)
+    assert inspect_image(path[8], 40, 60, exif="apply") == (None, 8, True)
+    assert inspect_image(path[3], 60, 40, exif="apply") == (None, 3, True)
+    assert inspect_image(path[3], 60, 40, exif="ignore") == (None, 3, False)
+    # annotated in the stored frame: fine with ignore; with apply the message says which frame and how to fix
+    assert inspect_image(path[6], 60, 40, exif="ignore") == (None, 6, False)
+    problem, _, _ = inspect_image(path[6], 60, 40, exif="apply")
+    assert "60x40 is the stored frame" in problem and "EXIF orientation 6" in problem
+    assert "set data.exif_orientation: ignore" in problem and "fix width/height to 40x60" in problem
+    problem, _, _ = inspect_image(path[6], 50, 50)
+    assert "fits neither the stored 60x40 nor the upright 40x60" in problem
+    split = _split(tmp_path, [names[o] for o in (1, 3, 6, 8)], sizes=[(60, 40), (60, 40), (40, 60), (40, 60)])
+    counts = check_images([split], exif="apply")
+    assert (counts["exif_tagged"], counts["exif_turned"]) == (3, 3)
+    counts = check_images([split], exif="ignore", workers=2, chunk_size=1)
+    assert (counts["exif_tagged"], counts["exif_turned"]) == (3, 2)
