@@ -85,6 +85,9 @@ class DataParams:
     test_fraction: float = 0.0                # held out from train as data/prepared/test.json; 0: none
     on_invalid_box: Literal["error", "clip", "drop"] = "error"
     verify_images: Literal["header", "decode"] = "header"  # header: size, format, truncation; decode: every pixel
+    exif_orientation: Literal["apply", "ignore"] = "apply"  # the frame of annotations of EXIF-rotated photos
+    bad_images: Literal["skip", "fail"] = "skip"  # an image that cannot be decoded: skip and list it, or stop
+    max_bad_fraction: float = 0.001          # skipped images of a split above this fraction stop the run
     classes: list[str] | None = None
     synthetic: SyntheticParams = field(default_factory=SyntheticParams)
     coco: CocoParams = field(default_factory=CocoParams)
@@ -98,6 +101,8 @@ class DataParams:
             raise ParamsError(f"data.test_fraction: {self.test_fraction} must be in [0, 1) (0: no held-out test split)")
         if self.test_fraction > 0 and self.coco.test_annotations:
             raise ParamsError("data.test_fraction and data.coco.test_annotations both ask for a test split: set one")
+        if not 0.0 <= self.max_bad_fraction <= 1.0:
+            raise ParamsError(f"data.max_bad_fraction: {self.max_bad_fraction} must be in [0, 1] (a fraction of a split)")
         if self.classes is not None and (not self.classes or len(set(self.classes)) != len(self.classes)):
             raise ParamsError(f"data.classes: {self.classes} must be null or a non-empty list of distinct names")
         if self.source == "coco" and not (self.coco.train_annotations and self.coco.train_images):
@@ -250,9 +255,20 @@ class EvaluateParams:
     device: Literal["cpu", "cuda", "auto"] = "cpu"  # auto: cuda when available
     tracking_retries: int = 3           # logging into the training's MLflow run: retries before the stage fails
     tracking_backoff_s: float = 5.0     # ... the first wait; each next one doubles
+    cluster: bool = True                # on the Ray cluster (Ray Data); false: in this process, on `device`
+    replicas: list[int] = field(default_factory=lambda: [1, 2])  # detector actors [min, max] (autoscaled)
+    cpus_per_replica: float = 1         # CPUs reserved per detector actor (its torch threads)
+    gpus_per_replica: float = 0         # GPUs per actor; a fraction shares one GPU (0.5: two per GPU)
+    decode_cpus: float = 0.5            # CPUs reserved per decoding task
 
     def __post_init__(self) -> None:
-        _positive(self, "evaluate", ["batch_size"])
+        _positive(self, "evaluate", ["batch_size", "cpus_per_replica", "decode_cpus"])
+        if (not isinstance(self.replicas, list) or len(self.replicas) != 2
+                or not 0 < self.replicas[0] <= self.replicas[1]):
+            raise ParamsError(f"evaluate.replicas: {self.replicas} must be [min, max] with 0 < min <= max")
+        if self.gpus_per_replica < 0 or (self.gpus_per_replica > 0 and self.device == "cpu"):
+            raise ParamsError(f"evaluate.gpus_per_replica: {self.gpus_per_replica} must be >= 0, and > 0 needs "
+                              f"evaluate.device cuda or auto (got {self.device})")
         if self.tracking_retries < 0 or self.tracking_backoff_s < 0:
             raise ParamsError(f"evaluate.tracking_retries ({self.tracking_retries}) and "
                               f"evaluate.tracking_backoff_s ({self.tracking_backoff_s}) must be >= 0")

@@ -7,7 +7,8 @@ Ray Train (:func:`pipeline.driver.fit`) and writes:
 - ``models/mlflow_run.json``: ``{"run_id", "tracking_uri", "experiment_id"}`` so evaluation
   logs into the same MLflow run,
 - ``reports/train.json`` (the summary), ``reports/train_metrics.json`` (the DVC metric: ``images_per_s``
-  and ``train_time_s``), ``reports/train_curve.csv`` (DVC plot), ``reports/loss_curve.png``,
+  and ``train_time_s``), ``reports/train_curve.csv`` (DVC plot), ``reports/loss_curve.png``, ``reports/bad_images.json`` (the
+  training images that could not be decoded and were skipped),
 - ``dvclive/``: DVCLive's live metrics and plots, rewritten after every epoch while training runs
   (:mod:`pipeline.tracking.live`: ``dvc exp show`` shows a running experiment's progress).
 
@@ -56,6 +57,7 @@ def run(params: Params, args: argparse.Namespace) -> int:
     import ray
 
     from pipeline import driver
+    from pipeline.data.errors import DataError
     from pipeline.driver.identity import result_params, run_identity
     from pipeline.driver.storage import state_root
     from pipeline.tracking.live import LIVE_DIR, DvcLiveMetrics
@@ -82,7 +84,7 @@ def run(params: Params, args: argparse.Namespace) -> int:
         tracking = driver.Tracking(tags=tags, artifacts=artifacts, sinks=[live], reports_dir=REPORTS_DIR)
         result = driver.fit(params, run_name=run_name, storage_path=storage_path, data_dir=data_dir, root=root,
                             tracking=tracking, identity=identity)
-    except (driver.PreflightError, driver.TrainingError, NonFiniteLossError, FileNotFoundError) as err:
+    except (driver.PreflightError, driver.TrainingError, NonFiniteLossError, DataError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     finally:

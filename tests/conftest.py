@@ -120,6 +120,27 @@ def mixed_coco(tmp_path: Path):
     return lambda name="raw", root=None, **kw: write_mixed_coco(root or tmp_path / name, **kw)
 
 
+def write_corrupt_jpeg(path: Path, size: tuple[int, int] = (64, 64)) -> Path:
+    """A JPEG as bit rot leaves it: header and end marker intact, a stray marker in the middle of
+    its scan data, so PIL raises ``OSError: broken data stream`` only when it decodes the pixels."""
+    w, h = size
+    y, x = np.mgrid[0:h, 0:w]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.dstack([x * 2, y * 3, x + y]).astype(np.uint8)).save(path, format="JPEG", quality=90)
+    data = bytearray(path.read_bytes())
+    sos = data.index(b"\xff\xda")
+    start = sos + (len(data) - sos) // 3
+    data[start:start + 2] = b"\xff\xc4"  # a DHT marker where entropy-coded data should be
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.fixture
+def corrupt_jpeg():
+    """:func:`write_corrupt_jpeg` (``corrupt_jpeg(path, size=(64, 64)) -> path``)."""
+    return write_corrupt_jpeg
+
+
 @pytest.fixture
 def tiny_coco(tmp_path: Path) -> Path:
     """A prepared-data folder (``train.json``, ``val.json``, images) with 8 train / 4 val images."""

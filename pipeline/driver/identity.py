@@ -3,7 +3,7 @@
 A training run (and a sweep) is named from a hash of everything its result depends on:
 
 - the params that change the result (:data:`RESULT_PARAMS`: the model, the recipe, the
-  training resize, the worker count, which sets the global batch, and the device),
+  training resize and EXIF rule, the worker count, which sets the global batch, and the device),
 - the prepared data (``train.json`` and ``val.json``),
 - the code: the project files the workers import (:data:`TRAINING_ENTRIES`), found by
   :func:`code_files` from the import graph,
@@ -38,7 +38,7 @@ __all__ = ["PROJECT_PACKAGES", "RESULT_PARAMS", "SWEEP_ENTRIES", "SWEEP_SKIP", "
            "source_dir", "top_level_imports"]
 
 # Dotted params keys the trained model depends on (and the dvc.yaml `train` stage lists).
-RESULT_PARAMS = ("data.resize", "model", "train", "ray.num_workers", "ray.use_gpu")
+RESULT_PARAMS = ("data.resize", "data.exif_orientation", "model", "train", "ray.num_workers", "ray.use_gpu")
 
 # The top-level packages of this project: imports of anything else (torch, ray, ...) are
 # covered by library_versions or not at all.

@@ -133,6 +133,8 @@ def fit(params: Params, *, run_name: str, storage_path: str, data_dir: str | Pat
         PreflightError: the workers can never be placed, storage not writable, MLflow not
             reachable, a node cannot read the data.
         NonFiniteLossError: a loss became NaN/inf (the message names the step and the terms).
+        TooManyBadImagesError: more training images could not be decoded than ``data.max_bad_fraction``
+            allows (the message lists them).
         TrainingError: Ray Train failed (e.g. more worker failures than ``ray.max_failures``).
     """
     setup_console()
@@ -324,6 +326,10 @@ def _run_trainer(trainer: Any, run_name: str, params: Params, monitored: mlflow_
     outcome = result.return_value or {}
     if outcome.get("status") == "nonfinite":
         raise NonFiniteLossError(outcome["error"])
+    if outcome.get("status") == "bad_images":
+        from pipeline.data.errors import TooManyBadImagesError
+
+        raise TooManyBadImagesError(outcome["error"])
     if result.checkpoint is None:
         raise TrainingError(f"training run {run_name} finished without a checkpoint")
     return result.checkpoint, wall_time
@@ -438,7 +444,7 @@ def _finish(params: Params, record: RunRecord, checkpoint: Any, run_path: str, r
     saved = _load_final_state(checkpoint)
     history = sorted(saved["history"], key=lambda r: r["epoch"])
     summary = _summary(history, wall_time=record.wall_time_s, world_size=saved["world_size"], params=params)
-    written = _write_reports(history, summary, reports_dir)
+    written = _write_reports(history, summary, reports_dir, saved.get("bad_images") or {})
     return TrainResult(
         run_name=record.run_name, run_path=run_path, checkpoint_path=record.checkpoint_path, history=history,
         summary=summary, model=_build_model(saved), model_config=saved["model_config"],
@@ -449,7 +455,7 @@ def _finish(params: Params, record: RunRecord, checkpoint: Any, run_path: str, r
 
 
 def _write_reports(history: list[dict[str, Any]], summary: dict[str, Any],
-                   reports_dir: str | Path | None) -> dict[str, Path]:
+                   reports_dir: str | Path | None, bad_images: dict[str, str]) -> dict[str, Path]:
     from pipeline.tracking import reports
 
     out_dir = Path(reports_dir) if reports_dir is not None else Path(tempfile.mkdtemp(prefix="train-reports-"))
@@ -457,6 +463,7 @@ def _write_reports(history: list[dict[str, Any]], summary: dict[str, Any],
         "train_json": reports.write_summary(summary, out_dir / "train.json"),
         "train_curve_csv": reports.write_curve_csv(history, out_dir / "train_curve.csv"),
         "loss_curve_png": reports.write_loss_png(history, out_dir / "loss_curve.png"),
+        "bad_images_json": reports.write_bad_images(bad_images, out_dir / "bad_images.json"),
     }
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "per_class_ap",
     "pr_curves",
     "run_inference",
+    "shard_indices",
     "to_coco_results",
 ]
 
@@ -34,11 +35,38 @@ def evaluate_model(model: nn.Module, dataset: Any, *, batch_size: int = 8, devic
     """COCO box metrics of ``model`` on ``dataset`` (a ``CocoDetectionDataset``).
 
     ``model`` is a plain detector (unwrap DDP first) already on ``device``; its train/eval mode is
-    restored afterwards. Returns ``coco_metrics``' dict (``AP``, ``AP50``, ``AP75``, ...,
-    ``AP_per_class``) plus ``images_per_s`` and ``ms_per_image``.
+    restored afterwards. When a ``torch.distributed`` process group of several ranks is initialised,
+    every rank must call this: each infers its shard of ``dataset`` (:func:`shard_indices`: every image
+    once), the detections are gathered to rank 0, which alone computes the metrics (the other ranks
+    get ``{}``); the model must be the same on every rank. Returns ``coco_metrics``' dict (``AP``,
+    ``AP50``, ``AP75``, ..., ``AP_per_class``) plus ``images_per_s`` and ``ms_per_image`` (per rank)
+    and ``excluded_images`` (files that could not be decoded: left out of the metrics, logged).
     """
-    timing = InferenceTiming()
-    detections = run_inference(model, dataset, batch_size=batch_size, device=device,
-                               score_threshold=score_threshold, progress=progress, timing=timing)
-    metrics, _ = coco_metrics(dataset.coco_json_path, detections)
-    return {**metrics, **timing.as_metrics()}
+    import logging
+
+    import torch.distributed as dist
+
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    rank = dist.get_rank() if world > 1 else 0
+    shard = dataset if world == 1 else torch.utils.data.Subset(dataset, shard_indices(len(dataset), rank, world))
+    timing, skipped = InferenceTiming(), []
+    detections = run_inference(model, shard, batch_size=batch_size, device=device,
+                               score_threshold=score_threshold, progress=progress, timing=timing, skipped=skipped)
+    if world > 1:
+        gathered: list[Any] | None = [None] * world if rank == 0 else None
+        dist.gather_object((detections, timing.images, timing.seconds, skipped), gathered, dst=0)
+        if rank != 0:
+            return {}
+        detections = [det for part in gathered for det in part[0]]
+        skipped = [bad for part in gathered for bad in part[3]]
+        timing = InferenceTiming(images=sum(part[1] for part in gathered), seconds=sum(part[2] for part in gathered))
+    metrics, _ = coco_metrics(dataset.coco_json_path, detections, exclude_image_ids=[s["image_id"] for s in skipped])
+    for bad in skipped:
+        logging.getLogger(__name__).warning(f"evaluation leaves out {bad['file']}: {bad['error']}")
+    return {**metrics, **timing.as_metrics(), "excluded_images": len(skipped)}
+
+
+def shard_indices(n: int, rank: int, world: int) -> list[int]:
+    """The items of ``rank`` of ``world`` out of ``n``: every ``world``-th from ``rank``, so each item is on
+    exactly one rank (unlike ``DistributedSampler``, which pads with repeats to equal shard sizes)."""
+    return list(range(rank, n, world))

@@ -58,7 +58,8 @@ def to_coco_results(output: dict[str, Tensor], image_id: int, *, input_hw: Seque
 
 def run_inference(model: nn.Module, dataset: Any, *, batch_size: int = 8, device: str | torch.device = "cpu",
                   score_threshold: float = 0.05, progress: bool = False,
-                  timing: InferenceTiming | None = None) -> list[dict[str, Any]]:
+                  timing: InferenceTiming | None = None, skipped: list[dict[str, Any]] | None = None
+                  ) -> list[dict[str, Any]]:
     """Detections for every item of ``dataset`` in the COCO results format.
 
     Args:
@@ -69,6 +70,9 @@ def run_inference(model: nn.Module, dataset: Any, *, batch_size: int = 8, device
             ``target["orig_size"]`` ``(h, w)``; boxes are mapped from the image tensor's size to that.
         progress: show a tqdm bar on stderr.
         timing: if given, accumulates the model's forward time.
+        skipped: if given, receives ``{"image_id", "file", "error"}`` of each item whose file could not
+            be decoded (an item ``(None, {"image_id", "bad_images"})``, see
+            :class:`pipeline.data.dataset.CocoDetectionDataset`); such items are left out.
 
     Returns:
         ``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}, ...]`` for scores >= threshold.
@@ -85,6 +89,10 @@ def run_inference(model: nn.Module, dataset: Any, *, batch_size: int = 8, device
         with torch.inference_mode(), tqdm(total=len(dataset), desc="inference", unit="img", file=sys.stderr,
                                           disable=not progress, dynamic_ncols=True) as bar:
             for images, targets in loader:
+                bar.update(len(images))
+                images, targets = _decoded(images, targets, skipped)
+                if not images:
+                    continue
                 images = [image.to(device) for image in images]
                 start = time.perf_counter()
                 outputs = model(images)
@@ -96,10 +104,24 @@ def run_inference(model: nn.Module, dataset: Any, *, batch_size: int = 8, device
                 for image, output, target in zip(images, outputs, targets):
                     results += to_coco_results(output, _as_int(target["image_id"]), input_hw=image.shape[-2:],
                                                orig_hw=target["orig_size"], score_threshold=score_threshold)
-                bar.update(len(images))
     finally:
         model.train(was_training)
     return results
+
+
+def _decoded(images: list[Tensor | None], targets: list[dict], skipped: list[dict[str, Any]] | None
+             ) -> tuple[list[Tensor], list[dict]]:
+    """The batch's decoded items; the others go to ``skipped`` (never dropped silently)."""
+    from pipeline.data.dataset import BAD_IMAGES_KEY
+
+    for image, target in zip(images, targets):
+        if image is None:
+            if skipped is None:
+                raise ValueError(f"image {target['image_id']} could not be decoded ({target[BAD_IMAGES_KEY]}) "
+                                 "and the caller keeps no list of skipped images")
+            skipped += [{"image_id": _as_int(target["image_id"]), **bad} for bad in target[BAD_IMAGES_KEY]]
+    kept = [(image, target) for image, target in zip(images, targets) if image is not None]
+    return [image for image, _ in kept], [target for _, target in kept]
 
 
 def _as_lists(batch: list[tuple[Tensor, dict]]) -> tuple[list[Tensor], list[dict]]:

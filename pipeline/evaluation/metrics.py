@@ -14,6 +14,7 @@ convention carries into our metrics (a class or area range without ground truth 
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +46,16 @@ def load_results(coco_gt: COCO, detections: list[dict[str, Any]]) -> COCO:
     return coco_gt.loadRes([dict(d) for d in detections])
 
 
-def coco_metrics(gt: str | Path | COCO, detections: list[dict[str, Any]]) -> tuple[dict[str, Any], COCOeval]:
+def coco_metrics(gt: str | Path | COCO, detections: list[dict[str, Any]],
+                 image_ids: list[int] | None = None,
+                 exclude_image_ids: Collection[int] = ()) -> tuple[dict[str, Any], COCOeval]:
     """COCO box metrics for ``detections`` (COCO results format, xywh in original pixels).
 
     Args:
         gt: the ground-truth COCO json (path) or a loaded ``COCO``.
         detections: ``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}, ...]``; may be empty.
+        image_ids: evaluate only these images; default all of ``gt``.
+        exclude_image_ids: images left out of the evaluation (files that could not be decoded).
 
     Returns:
         ``(metrics, cocoeval)``: ``metrics`` holds the 12 ``COCOeval.stats`` under :data:`STAT_NAMES`
@@ -63,6 +68,10 @@ def coco_metrics(gt: str | Path | COCO, detections: list[dict[str, Any]]) -> tup
     coco_dt = load_results(coco_gt, detections)
     lines: list[str] = []
     cocoeval = COCOeval(coco_gt, coco_dt, iouType="bbox", print_function=lambda *_: None)
+    if image_ids is not None or exclude_image_ids:
+        excluded = set(exclude_image_ids)
+        chosen = coco_gt.getImgIds() if image_ids is None else image_ids
+        cocoeval.params.imgIds = sorted(i for i in chosen if i not in excluded)
     cocoeval.evaluate()
     cocoeval.accumulate()
     cocoeval.print_function = lines.append

@@ -229,7 +229,8 @@ def draw_examples(dataset: Any, detections: Sequence[Mapping[str, Any]], coco_gt
 
     ``detections`` and ``coco_gt``'s annotations are in original pixels; they are scaled to each
     item's image tensor (upscaled to ``min_display_size`` if smaller). Predictions below ``min_score``
-    are not drawn. Returns ``(image_id, picture)``.
+    are not drawn. Items whose file could not be decoded (image None) are passed over. Returns
+    ``(image_id, picture)``.
     """
     by_image: dict[int, list[Mapping[str, Any]]] = {}
     for det in detections:
@@ -238,6 +239,8 @@ def draw_examples(dataset: Any, detections: Sequence[Mapping[str, Any]], coco_gt
     out = []
     for i in range(min(num, len(dataset))):
         image, target = dataset[i]
+        if image is None:
+            continue
         image_id = int(target["image_id"])
         orig_h, orig_w = (int(v) for v in target["orig_size"])
         picture = to_pil(image)

@@ -1,82 +1,65 @@
-"""Detections for image files in the COCO results format (the ``predict`` command): read, detect, collect."""
+"""Detections for image files in this process (``evaluate.cluster: false``), streamed like the cluster's.
+
+Yields the rows :func:`pipeline.evaluation.batch_inference.stream_detections` yields, and fills the same
+:class:`~pipeline.evaluation.batch_inference.StreamStats`, so ``predict`` writes either the same way.
+"""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 from PIL import Image
 from torch import nn
 
+from pipeline.data.decode import decode_or_none
+from pipeline.evaluation.batch_inference import StreamStats, check_bad_fraction, check_policy, record_skipped
 from pipeline.evaluation.inference import to_coco_results
 from pipeline.inference.detection import detect
-from pipeline.inference.images import READ_ERRORS, read_image
 
 
-@dataclass
-class Predictions:
-    """COCO-style output: ``images`` read, ``annotations`` (detections, original pixels), ``failed`` files."""
-
-    categories: list[dict[str, Any]]
-    images: list[dict[str, Any]] = field(default_factory=list)
-    annotations: list[dict[str, Any]] = field(default_factory=list)
-    failed: list[dict[str, str]] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"images": self.images, "annotations": self.annotations, "categories": self.categories,
-                "failed": self.failed}
-
-
-def predict_images(model: nn.Module, paths: Sequence[Path], *, transforms: Callable, class_names: Mapping[int, str],
-                   score_threshold: float = 0.3, batch_size: int = 8, device: str | torch.device = "cpu",
-                   on_image: Callable[[dict[str, Any], Image.Image, list[dict[str, Any]]], None] | None = None,
-                   progress: bool = False) -> Predictions:
-    """Run ``model`` on every readable file of ``paths``; unreadable ones go to ``failed``.
+def local_detections(items: Sequence[dict[str, Any]], model: nn.Module, *, transforms: Callable,
+                     score_threshold: float, batch_size: int, device: str | torch.device, stats: StreamStats,
+                     bad_images: str = "skip", max_bad_fraction: float = 0.001, exif_orientation: str = "apply",
+                     progress: bool = False) -> Iterator[dict[str, Any]]:
+    """Rows ``{"id", "path", "height", "width", "detections"}`` for the readable ``{"id", "path"}`` items.
 
     Args:
         transforms: ``(image, target) -> (tensor (3, h, w), target)``, the evaluation transforms.
-        class_names: label -> name, for the ``category_name`` of each detection.
-        on_image: called with ``(image record, original PIL image, its detections)`` per image,
-            e.g. to render it.
     """
     from tqdm import tqdm
 
-    result = Predictions(categories=[{"id": i, "name": n} for i, n in sorted(class_names.items())])
+    check_policy(bad_images, max_bad_fraction)
     model.eval()
-    with torch.inference_mode(), tqdm(total=len(paths), desc="predict", unit="img", file=sys.stderr,
-                                      disable=not progress, dynamic_ncols=True) as bar:
-        for batch in _readable_batches(paths, batch_size, result.failed):
+    with tqdm(total=len(items), desc="predict", unit="img", file=sys.stderr, disable=not progress,
+              dynamic_ncols=True) as bar:
+        for batch in _readable_batches(items, batch_size, stats, bad_images, exif_orientation):
+            start = time.perf_counter()
             outputs = detect(model, [image for _, image in batch], transforms=transforms, device=device)
-            for (record, image), output in zip(batch, outputs):
-                dets = to_coco_results(output, record["id"], input_hw=(image.height, image.width),
-                                       orig_hw=(image.height, image.width), score_threshold=score_threshold)
-                for det in dets:
-                    det.update(id=len(result.annotations) + 1, file_name=record["file_name"],
-                               category_name=class_names.get(det["category_id"], str(det["category_id"])))
-                    result.annotations.append(det)
-                result.images.append(record)
-                if on_image is not None:
-                    on_image(record, image, dets)
+            stats.forward_s += time.perf_counter() - start
+            for (item, image), output in zip(batch, outputs):
+                hw = (image.height, image.width)
+                yield {**item, "height": hw[0], "width": hw[1],
+                       "detections": to_coco_results(output, item["id"], input_hw=hw, orig_hw=hw,
+                                                     score_threshold=score_threshold)}
             bar.update(len(batch))
-        bar.update(len(paths) - bar.n)
-    return result
+        bar.update(len(items) - bar.n)
+    check_bad_fraction(stats, max_bad_fraction)
 
 
-def _readable_batches(paths: Sequence[Path], batch_size: int, failed: list[dict[str, str]]
-                      ) -> Iterator[list[tuple[dict[str, Any], Image.Image]]]:
+def _readable_batches(items: Sequence[dict[str, Any]], batch_size: int, stats: StreamStats, bad_images: str,
+                      exif_orientation: str) -> Iterator[list[tuple[dict[str, Any], Image.Image]]]:
     batch = []
-    for image_id, path in enumerate(paths, start=1):
-        try:
-            image = read_image(path)
-        except READ_ERRORS as err:
-            failed.append({"path": str(path), "error": f"{err.__class__.__name__}: {err}"})
+    for item in items:
+        stats.images += 1
+        image, error = decode_or_none(item["path"], exif_orientation_setting=exif_orientation)
+        if image is None:
+            record_skipped(stats, item["path"], error, bad_images)
             continue
-        batch.append(({"id": image_id, "file_name": path.name, "path": str(path), "height": image.height,
-                       "width": image.width}, image))
+        batch.append((dict(item), image))
         if len(batch) == batch_size:
             yield batch
             batch = []

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 from collections.abc import Mapping
 from typing import Any
 
@@ -75,13 +74,14 @@ class DetectorModel(mlflow.pyfunc.PythonModel):
 
 
 def decode_images(model_input: Any) -> list[Any]:
-    """The RGB PIL images of a request: ``model_input[IMAGE_COLUMN]`` holds bytes or base64 text.
+    """The decoded RGB PIL images of a request (:func:`pipeline.data.decode.decode_image`, EXIF orientation
+    applied): ``model_input[IMAGE_COLUMN]`` holds bytes or base64 text.
 
     Raises an ``MlflowException`` (HTTP 400 when served) naming the row that is not an image.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
-    from pipeline.inference.images import READ_ERRORS
+    from pipeline.data.decode import READ_ERRORS, decode_image
 
     if not isinstance(model_input, pd.DataFrame) or IMAGE_COLUMN not in model_input.columns:
         raise _bad_request(f"expected a DataFrame with a column {IMAGE_COLUMN!r} of encoded images "
@@ -90,9 +90,7 @@ def decode_images(model_input: Any) -> list[Any]:
     for row, value in enumerate(model_input[IMAGE_COLUMN]):
         try:
             data = value if isinstance(value, bytes | bytearray) else base64.b64decode(value)
-            with Image.open(io.BytesIO(data)) as image:
-                image.load()
-                images.append(image.convert("RGB"))
+            images.append(decode_image(data))  # EXIF orientation applied: boxes in the frame the user sees
         except (*READ_ERRORS, TypeError, binascii.Error) as err:
             reason = "not a format PIL can read" if isinstance(err, UnidentifiedImageError) else f"{err}"
             raise _bad_request(f"row {row} of column {IMAGE_COLUMN!r} is not an encoded image ({reason}); "

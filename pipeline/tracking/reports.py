@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["write_curve_csv", "write_loss_png", "write_summary"]
+__all__ = ["write_bad_images", "write_curve_csv", "write_loss_png", "write_summary"]
 
 _FIRST = ["epoch", "loss"]
 
@@ -70,6 +70,15 @@ def write_loss_png(history: list[dict[str, Any]], path: Path) -> Path:
 def write_summary(summary: dict[str, Any], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def write_bad_images(bad_images: dict[str, str], path: Path) -> Path:
+    """``reports/bad_images.json``: every training image that could not be decoded and was skipped
+    (``data.bad_images: skip``), ``{"count", "images": [{"file", "error"}, ...]}`` (empty when none)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images = [{"file": file, "error": error} for file, error in sorted(bad_images.items())]
+    path.write_text(json.dumps({"count": len(images), "images": images}, indent=2) + "\n")
     return path
 
 

@@ -123,6 +123,7 @@ class Trainer:
         self.losses: dict[str, float] = {}       # the last step's loss terms and "loss", mean over ranks
         self.lr = 0.0                            # the learning rate of the last step
         self.report: dict[str, Any] = {}         # this epoch's report to the driver, filled by hooks as it goes
+        self.bad_images: dict[str, str] = {}     # file -> error of the training images that could not be decoded
         self.hooks: list[HookBase] = []
 
     # ------------------------------------------------------------------ hooks
@@ -218,7 +219,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             "epoch": self.epoch, "global_step": self.global_step, "history": [dict(r) for r in self.history],
             "rng": train_state.rng_state(), "sampler_epoch": self.epoch, "loader_seed": self.seed,
-            "world_size": self.world_size,
+            "world_size": self.world_size, "bad_images": dict(self.bad_images),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -242,6 +243,7 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.global_step = int(state["epoch"]), int(state["global_step"])
         self.history = [dict(r) for r in state["history"]]
+        self.bad_images = dict(state.get("bad_images") or {})
         resume_schedule(self.optimizer, self.scheduler, self.base_lr, self.epoch * self.steps_per_epoch)
         if "rng" in state:
             train_state.set_rng_state(state["rng"])

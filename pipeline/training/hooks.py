@@ -4,8 +4,9 @@ Like detectron2's ``engine/hooks.py``: each hook does one thing around the loop,
 :func:`pipeline.training.worker.default_hooks` registers them, so that in ``after_epoch``
 
 1. :class:`EpochMetrics` writes the epoch's row (mean loss terms, lr, throughput, time);
+   :class:`BadImages` adds the count of training images that could not be decoded;
 2. :class:`PreciseBN` recomputes the batch-norm statistics after the last epoch (rank 0);
-3. :class:`Validation` adds the val split's COCO AP (rank 0);
+3. :class:`Validation` adds the val split's COCO AP (every rank infers its shard; rank 0 scores);
 4. :class:`StepLogger` prints the epoch's summary (its progress rows are in the report already);
 5. other hooks add to the report (e.g. :class:`pipeline.tracking.system_metrics.NodeMetrics`);
 6. :class:`RayReport` reports the epoch to Ray Train, with the checkpoint from rank 0.
@@ -22,7 +23,7 @@ from typing import Any
 from pipeline.training.engine import HookBase
 from pipeline.training.report import STEPS_KEY, SYSTEM_KEY, epoch_metrics, is_number
 
-__all__ = ["MAX_ROW_INTERVAL_S", "EpochMetrics", "PreciseBN", "RayReport", "StepLogger", "Validation"]
+__all__ = ["MAX_ROW_INTERVAL_S", "BadImages", "EpochMetrics", "PreciseBN", "RayReport", "StepLogger", "Validation"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,62 @@ class EpochMetrics(HookBase):
         t.row |= {"lr": t.optimizer.param_groups[0]["lr"], "images_per_s": self._images / max(elapsed, 1e-9),
                   "epoch_time_s": elapsed, "global_step": t.global_step, "world_size": t.world_size,
                   "degenerate_boxes": self._degenerate}
+
+
+class BadImages(HookBase):
+    """Training images that could not be decoded (``data.bad_images: skip``): the dataset replaced each by
+    the next image that decodes and named it in its target (:data:`pipeline.data.dataset.BAD_IMAGES_KEY`),
+    which carries it out of the loader workers whatever process decoded it.
+
+    Each file is logged once, by the rank that first meets it; at the end of the epoch the ranks'
+    files are gathered: the row's ``bad_images`` is how many files were replaced in the epoch, and
+    :attr:`Trainer.bad_images` (in the checkpoint, for ``reports/bad_images.json``) every file so far.
+    More than ``max_fraction`` of the split's images (the loader's dataset) stops the run with
+    :class:`~pipeline.data.errors.TooManyBadImagesError` listing them: on every rank at the end of
+    the epoch (together, no rank left in a collective), and at once when there is one rank.
+    """
+
+    def __init__(self, max_fraction: float, split: str = "train"):
+        self.max_fraction, self.split = max_fraction, split
+
+    def before_train(self) -> None:
+        self.split_size = len(getattr(self.trainer.loader, "dataset", None) or [])
+
+    def before_epoch(self) -> None:
+        self._epoch: dict[str, str] = {}
+
+    def after_step(self) -> None:
+        from pipeline.data.dataset import BAD_IMAGES_KEY
+
+        t = self.trainer
+        for target in t.batch[1]:
+            for bad in target.get(BAD_IMAGES_KEY, ()):
+                self._epoch.setdefault(bad["file"], bad["error"])
+                if bad["file"] not in t.bad_images:
+                    t.bad_images[bad["file"]] = bad["error"]
+                    logger.warning(f"cannot decode {bad['file']} ({bad['error']}): trained on the next image "
+                                   f"instead (data.bad_images: skip; listed in reports/bad_images.json)")
+        if t.world_size == 1:
+            self._check(t.bad_images)
+
+    def after_epoch(self) -> None:
+        t = self.trainer
+        epoch = dict(self._epoch)
+        if t.world_size > 1:
+            import torch.distributed as dist
+
+            gathered: list[Any] = [None] * t.world_size
+            dist.all_gather_object(gathered, epoch)
+            for part in gathered:
+                epoch |= part
+        t.bad_images |= epoch
+        t.row["bad_images"] = len(epoch)
+        self._check(t.bad_images)
+
+    def _check(self, bad: dict[str, str]) -> None:
+        from pipeline.data.decode import check_bad_fraction
+
+        check_bad_fraction(bad, self.split_size, self.max_fraction, f"{self.split} images")
 
 
 class StepLogger(HookBase):
@@ -124,21 +181,29 @@ class PreciseBN(HookBase):
 
 
 class Validation(HookBase):
-    """COCO AP of the val split every ``every`` epochs and after the last one, added to the epoch's row.
+    """COCO AP of the val split every ``every`` epochs and after the last one, added to rank 0's epoch row.
 
-    Runs the unwrapped model (no collectives), so register it on rank 0 only. The model's own
-    ``roi.score_threshold`` filters the detections; no second threshold is applied.
+    Register it on every rank: each infers its shard of the split with the unwrapped model and rank 0
+    gathers the detections and scores them (:func:`pipeline.evaluation.evaluate_model`), so no rank
+    waits idle and no image is counted twice. Rank 0's buffers (batch-norm statistics that
+    :class:`PreciseBN` recomputed on rank 0) are broadcast first, so every rank runs rank 0's model.
+    The model's own ``roi.score_threshold`` filters the detections; no second threshold is applied.
     """
 
     def __init__(self, dataset: Any, every: int, batch_size: int):
         self.dataset, self.every, self.batch_size = dataset, every, batch_size
 
     def after_epoch(self) -> None:
+        import torch.distributed as dist
+
         from pipeline.evaluation import evaluate_model
 
         t = self.trainer
         if not self.every or (t.epoch % self.every and t.epoch != t.epochs):
             return
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            for buffer in t.model_without_ddp.buffers():
+                dist.broadcast(buffer, src=0)
         metrics = evaluate_model(t.model_without_ddp, self.dataset, batch_size=self.batch_size, device=t.device,
                                  score_threshold=0.0)
         t.model.train()

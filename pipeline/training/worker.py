@@ -29,9 +29,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from pipeline.data.errors import TooManyBadImagesError
 from pipeline.params import Params
 from pipeline.training.engine import HookBase, Trainer
-from pipeline.training.hooks import EpochMetrics, PreciseBN, RayReport, StepLogger, Validation
+from pipeline.training.hooks import BadImages, EpochMetrics, PreciseBN, RayReport, StepLogger, Validation
 from pipeline.training.losses import NonFiniteLossError
 from pipeline.training.optim import build_optimizer, build_scheduler, scaled_lr
 
@@ -66,6 +67,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     except NonFiniteLossError as err:
         # returning (not raising) keeps Ray's FailureConfig from retrying a deterministic failure
         return {"status": "nonfinite", "error": str(err), "history": trainer.history, "world_size": world}
+    except TooManyBadImagesError as err:  # raised on every rank together (hooks.BadImages)
+        return {"status": "bad_images", "error": str(err), "bad_images": dict(trainer.bad_images),
+                "history": trainer.history, "world_size": world}
     return {"status": "ok", "history": trainer.history, "world_size": world,
             "steps_per_epoch": trainer.steps_per_epoch, "base_lr": trainer.base_lr}
 
@@ -86,7 +90,9 @@ def build_trainer(params: Params, data_dir: str | Path, *, rank: int = 0, world:
 
     train, resize, device = params.train, params.data.resize, torch.device(device)
     train_ds = CocoDetectionDataset(Path(data_dir) / "train.json", transforms=build_transforms(
-        True, resize.min_size, resize.max_size, train.augment.recipe()))
+        True, resize.min_size, resize.max_size, train.augment.recipe()),
+        exif_orientation=params.data.exif_orientation,
+        on_bad_image="replace" if params.data.bad_images == "skip" else "fail")
     if len(train_ds) < world:
         raise ValueError(f"{Path(data_dir) / 'train.json'}: {len(train_ds)} images are fewer than "
                          f"{world} workers; nothing to train on")
@@ -113,24 +119,28 @@ def build_trainer(params: Params, data_dir: str | Path, *, rank: int = 0, world:
 
 
 def default_hooks(params: Params, data_dir: str | Path, rank: int) -> list[HookBase]:
-    """The hooks of every training run, in order: the epoch's row on every rank; precise batch norm,
-    validation and progress lines on rank 0 (whose weights are the checkpoint)."""
+    """The hooks of every training run, in order: the epoch's row on every rank; precise batch norm on
+    rank 0 (whose weights are the checkpoint); validation on every rank (rank 0 scores); progress lines
+    on rank 0."""
     train, data_dir = params.train, Path(data_dir)
-    hooks: list[HookBase] = [EpochMetrics()]
+    hooks: list[HookBase] = [EpochMetrics(), BadImages(params.data.max_bad_fraction)]
+    if rank == 0 and train.precise_bn_images:  # the training split's view: undecodable images replaced
+        hooks.append(PreciseBN(functools.partial(precise_bn_dataset, params), train.precise_bn_images))
+    if train.val_every:  # every rank: each infers its shard of the val split, rank 0 scores
+        hooks.append(Validation(eval_dataset(data_dir / "val.json", params), train.val_every, train.batch_size))
     if rank == 0:
-        if train.precise_bn_images:
-            hooks.append(PreciseBN(functools.partial(precise_bn_dataset, params), train.precise_bn_images))
-        if train.val_every:
-            hooks.append(Validation(eval_dataset(data_dir / "val.json", params), train.val_every, train.batch_size))
         hooks.append(StepLogger(train.log_every))
     return hooks
 
 
 def eval_dataset(json_path: Path, params: Params) -> Any:
-    """A split with the evaluation transforms (no flips): for validation."""
+    """A split with the evaluation transforms (no flips), for validation: undecodable images are
+    skipped (``data.bad_images: skip``), so the metrics exclude them, or stop the run (``fail``)."""
     from pipeline.data.dataset import CocoDetectionDataset
 
-    return CocoDetectionDataset(json_path, transforms=_eval_transforms(params))
+    data = params.data
+    return CocoDetectionDataset(json_path, transforms=_eval_transforms(params), exif_orientation=data.exif_orientation,
+                                on_bad_image="skip" if data.bad_images == "skip" else "fail")
 
 
 def precise_bn_dataset(params: Params, trainer: Trainer) -> Any:

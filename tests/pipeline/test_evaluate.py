@@ -16,7 +16,10 @@ from pipeline.cli import main
 REPO = Path(__file__).resolve().parents[2]
 CLASSES = ["circle", "square"]
 # (h, w) = (80, 120); resized with min_size=40, max_size=60 to (40, 60): half size.
-ORIG_HW, RESIZE = (80, 120), ["--set", "data.resize.min_size=40", "--set", "data.resize.max_size=60"]
+# In this process (evaluate.cluster=false): the fake models below live in the test's process; the Ray
+# path is tested against this one in tests/pipeline/evaluation/test_batch_inference.py.
+ORIG_HW, RESIZE = (80, 120), ["--set", "data.resize.min_size=40", "--set", "data.resize.max_size=60",
+                              "--set", "evaluate.cluster=false"]
 GT_XYWH = [20.0, 10.0, 40.0, 40.0]  # label 2, in original pixels, in every image
 
 
@@ -110,10 +113,10 @@ def test_end_to_end_with_tiny_untrained_checkpoint(workdir, tiny_checkpoint, cap
     assert set(metrics["AP_per_class"]) == set(CLASSES)
     assert metrics["AP_per_class"]["circle"] == -1.0  # no ground truth of that class
     assert metrics["num_images"] == 3 and metrics["images_per_s"] > 0
-    # the DVC metric: the headline numbers and one AP per class, nothing else
+    # the DVC metric: the headline numbers, the images left out (none) and one AP per class, nothing else
     headline = json.loads((reports / "metrics.json").read_text())
     assert headline == {**{k: metrics[k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100",
-                                                  "images_per_s")},
+                                                  "images_per_s")}, "excluded_images": 0,
                         "AP_circle": -1.0, "AP_square": metrics["AP_per_class"]["square"]}
 
     detections = json.loads((reports / "detections.json").read_text())
@@ -149,6 +152,27 @@ def test_boxes_are_mapped_back_to_original_pixels(workdir, fake_model):
     assert [d["bbox"] for d in detections] == [GT_XYWH] * 3
     metrics = json.loads((workdir / "reports" / "metrics.json").read_text())
     assert metrics["AP"] == pytest.approx(1.0) and metrics["AP_square"] == pytest.approx(1.0)
+
+
+def test_an_undecodable_image_is_excluded_from_the_metrics_and_listed(workdir, fake_model, corrupt_jpeg, capsys):
+    x, y, w, h = GT_XYWH
+    fake_model(FixedBoxDetector([[x / 2, y / 2, (x + w) / 2, (y + h) / 2]], [2]))
+    val = workdir / "data" / "prepared" / "val.json"
+    coco = json.loads(val.read_text())
+    bad = corrupt_jpeg(val.parent / "images" / "val" / "bad.jpg", size=(ORIG_HW[1], ORIG_HW[0]))
+    coco["images"][1]["file_name"] = "images/val/bad.jpg"
+    val.write_text(json.dumps(coco))
+    assert main(["evaluate", *RESIZE, "--set", "data.max_bad_fraction=0.5"]) == 0
+    out, err = capsys.readouterr()
+    assert "the metrics exclude 1 of the 3 images" in out and "images/val/bad.jpg: OSError: broken data stream" in err
+    metrics = json.loads((workdir / "reports" / "metrics.json").read_text())
+    assert metrics["AP"] == pytest.approx(1.0) and metrics["excluded_images"] == 1  # no miss counted for it
+    evaluation = json.loads((workdir / "reports" / "evaluation.json").read_text())
+    (excluded,) = evaluation["skipped"]
+    assert Path(excluded["path"]).resolve() == bad.resolve() and evaluation["num_images"] == 2
+    # above data.max_bad_fraction (default 0.001): the stage stops with the list
+    assert main(["evaluate", *RESIZE]) == 1
+    assert "1 of the 3 images of" in capsys.readouterr().err
 
 
 def test_no_detections_give_zeros(workdir, fake_model):

@@ -1,4 +1,5 @@
-"""The ``predict`` command: a real tiny checkpoint, corrupt files, boxes in original pixels, MLflow URIs."""
+"""The ``predict`` command: a real tiny checkpoint, corrupt files, boxes in original pixels, MLflow URIs;
+folders, globs and lists of paths on the Ray cluster."""
 
 import json
 from pathlib import Path
@@ -14,6 +15,13 @@ from pipeline.cli import main
 REPO = Path(__file__).resolve().parents[2]
 CLASSES = ["circle", "square"]
 RESIZE = ["--set", "data.resize.min_size=40", "--set", "data.resize.max_size=60"]
+LOCAL = ["--set", "evaluate.cluster=false"]  # in this process: the fake models below live in the test's process
+
+
+def _outputs(out):
+    """(rows of predictions.jsonl, summary.json) of an output folder."""
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    return rows, json.loads((out / "summary.json").read_text())
 
 
 @pytest.fixture
@@ -54,32 +62,39 @@ def mlflow_uri(workdir, sqlite_store):
     return sqlite_store(workdir)
 
 
-def test_corrupt_files_are_reported_and_the_others_written(workdir, images, tiny_model, capsys):
+@pytest.mark.slow
+def test_folder_glob_and_list_with_unreadable_files_on_the_cluster(workdir, images, tiny_model, capsys):
+    """On a local Ray: outputs for every readable image, each unreadable one listed (stderr, summary.json)."""
+    import ray
+
     from detector import save_checkpoint
 
     save_checkpoint(workdir / "model.pt", tiny_model)
-    code = main(["predict", "--model", "model.pt", "--images", str(images), "--out", "out",
-                 "--score-threshold", "0", *RESIZE])
-    assert code == 1
+    (workdir / "list.txt").write_text("in/a.png\n\n# a comment\nin/corrupt.jpg\n")
+    if ray.is_initialized():
+        ray.shutdown()
+    code = main(["predict", "--model", "model.pt", "--images", str(images), str(images / "*.jpg"), "list.txt",
+                 "--out", "out", "--score-threshold", "0", "--draw", "1", *RESIZE])
+    assert code == 1 and not ray.is_initialized()  # the stage shut down the Ray it started
     err = capsys.readouterr().err
-    assert "corrupt.jpg" in err and "truncated.png" in err and "2 of 4 files could not be read" in err
-    assert "notes.txt" not in err
-
-    out = json.loads((workdir / "out" / "detections.json").read_text())
-    assert [image["file_name"] for image in out["images"]] == ["a.png", "b.jpg"]
-    assert [(image["height"], image["width"]) for image in out["images"]] == [(80, 120), (60, 60)]
-    assert sorted(Path(f["path"]).name for f in out["failed"]) == ["corrupt.jpg", "truncated.png"]
-    assert out["categories"] == [{"id": 1, "name": "circle"}, {"id": 2, "name": "square"}]
-    sizes = {image["id"]: (image["height"], image["width"]) for image in out["images"]}
-    assert out["annotations"], "an untrained model still scores every class at ~1/3"
-    for det in out["annotations"]:
-        h, w = sizes[det["image_id"]]
-        x, y, bw, bh = det["bbox"]
-        assert -0.01 <= x and x + bw <= w + 0.01 and -0.01 <= y and y + bh <= h + 0.01
-        assert det["category_name"] == CLASSES[det["category_id"] - 1]
-    for image in out["images"]:  # the image at its own size, a legend strip below
-        rendered = Image.open(workdir / "out" / image["rendered"])
-        assert rendered.width == image["width"] and rendered.height > image["height"]
+    assert "corrupt.jpg" in err and "truncated.png" in err and "notes.txt" not in err
+    rows, summary = _outputs(workdir / "out")
+    # folder: a, b, corrupt, truncated; glob *.jpg: b, corrupt; list: a, corrupt
+    assert [row["file_name"] for row in sorted(rows, key=lambda r: r["id"])] == ["a.png", "b.jpg", "b.jpg", "a.png"]
+    assert summary["num_images"] == 8 and summary["num_skipped"] == 4 and summary["decode_nodes"]
+    assert sorted(Path(f["path"]).name for f in summary["skipped"]) == ["corrupt.jpg"] * 3 + ["truncated.png"]
+    assert summary["categories"] == [{"id": 1, "name": "circle"}, {"id": 2, "name": "square"}]
+    assert len(summary["replica_nodes"]) == 1 and summary["images_per_s"] > 0
+    assert any(row["detections"] for row in rows), "an untrained model still scores every class at ~1/3"
+    for row in rows:
+        assert (row["height"], row["width"]) == {"a.png": (80, 120), "b.jpg": (60, 60)}[row["file_name"]]
+        for det in row["detections"]:
+            x, y, bw, bh = det["bbox"]
+            assert -0.01 <= x and x + bw <= row["width"] + 0.01 and -0.01 <= y and y + bh <= row["height"] + 0.01
+            assert det["category_name"] == CLASSES[det["category_id"] - 1]
+    (drawn,) = [row for row in rows if "rendered" in row]  # --draw 1: the image at its size, a legend below
+    rendered = Image.open(workdir / "out" / drawn["rendered"])
+    assert rendered.width == drawn["width"] and rendered.height > drawn["height"]
 
 
 class FixedBoxDetector(nn.Module):
@@ -101,15 +116,17 @@ def test_boxes_in_original_pixels_and_missing_files(workdir, images, monkeypatch
     monkeypatch.setattr("detector.load_checkpoint", lambda path, map_location="cpu": model)
     (workdir / "model.pt").write_bytes(b"not used")
     code = main(["predict", "--model", "model.pt", "--images", str(images / "a.png"), "missing.png", "--out", "o",
-                 *RESIZE])
+                 *RESIZE, *LOCAL])
     assert code == 1 and "missing.png" in capsys.readouterr().err
     assert model.sizes == [(40, 60)]  # 80x120 resized with min_size=40, max_size=60
-    out = json.loads((workdir / "o" / "detections.json").read_text())
-    (det,) = out["annotations"]
+    (row,), summary = _outputs(workdir / "o")
+    (det,) = row["detections"]
     assert det["bbox"] == [20.0, 10.0, 40.0, 40.0] and det["category_name"] == "square"
-    assert det["file_name"] == "a.png" and det["score"] == pytest.approx(0.8)
+    assert row["file_name"] == "a.png" and det["score"] == pytest.approx(0.8)
+    assert [Path(f["path"]).name for f in summary["skipped"]] == ["missing.png"]
 
-    assert main(["predict", "--model", "model.pt", "--images", str(images / "a.png"), "--out", "o2", *RESIZE]) == 0
+    assert main(["predict", "--model", "model.pt", "--images", str(images / "a.png"), "--out", "o2", *RESIZE,
+                 *LOCAL]) == 0
 
 
 def test_no_images_and_missing_model_are_errors(workdir, images, capsys):
@@ -136,9 +153,33 @@ def test_loads_a_logged_model_by_runs_uri_without_running_its_code(workdir, imag
     monkeypatch.setattr("pipeline.serving.model.DetectorModel.load_context",
                         lambda *a: pytest.fail("predict must not load the pyfunc model"))
     code = main(["predict", "--model", f"runs:/{run_id}/model", "--images", str(images / "a.png"), "--out", "o",
-                 "--set", f"mlflow.tracking_uri={mlflow_uri}", *RESIZE])
+                 "--set", f"mlflow.tracking_uri={mlflow_uri}", *RESIZE, *LOCAL])
     assert code == 0
-    out = json.loads((workdir / "o" / "detections.json").read_text())
-    assert out["categories"][1]["name"] == "square" and [i["file_name"] for i in out["images"]] == ["a.png"]
+    rows, summary = _outputs(workdir / "o")
+    assert summary["categories"][1]["name"] == "square" and [row["file_name"] for row in rows] == ["a.png"]
     assert main(["predict", "--model", "models:/no-such-model/1", "--images", str(images / "a.png"), "--out", "o",
                  "--set", f"mlflow.tracking_uri={mlflow_uri}"]) == 2
+
+
+def test_an_exif_rotated_photo_gives_boxes_in_the_frame_the_user_sees(workdir, monkeypatch, corrupt_jpeg):
+    """A phone photo stored 120x80 with EXIF orientation 6 is shown 80x120: the model sees it upright,
+    the boxes and the image record are in that frame; a corrupt file is tolerated
+    (data.max_bad_fraction=0.5), listed, and the command succeeds."""
+    model = FixedBoxDetector()
+    monkeypatch.setattr("detector.load_checkpoint", lambda path, map_location="cpu": model)
+    (workdir / "model.pt").write_bytes(b"not used")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.zeros((80, 120, 3), np.uint8)).save(workdir / "phone.jpg", exif=exif.tobytes())
+    corrupt_jpeg(workdir / "bad.jpg")
+    code = main(["predict", "--model", "model.pt", "--images", "phone.jpg", "bad.jpg", "--out", "o",
+                 "--set", "data.resize.min_size=80", "--set", "data.resize.max_size=120",
+                 "--set", "data.max_bad_fraction=0.5", *LOCAL])
+    assert code == 0
+    assert model.sizes == [(120, 80)]  # (h, w): upright
+    (row,) = [json.loads(line) for line in (workdir / "o" / "predictions.jsonl").read_text().splitlines()]
+    assert (row["width"], row["height"]) == (80, 120)
+    assert row["detections"][0]["bbox"] == [10.0, 5.0, 20.0, 20.0]  # in the upright frame, unscaled
+    summary = json.loads((workdir / "o" / "summary.json").read_text())
+    assert [Path(f["path"]).name for f in summary["skipped"]] == ["bad.jpg"]
+    assert "broken data stream" in summary["skipped"][0]["error"]

@@ -16,6 +16,10 @@ Ray runs cost ~15-40 s each on 2 cores, so each test combines several checks:
   holds its last step until the earlier steps' rows are in MLflow (``train/loss``) and in
   ``dvclive/plots/steps/`` while the epoch's report is not: the rows came through the live channel.
   Each step is recorded once, although the epoch's report carries the rows again.
+- ``test_a_corrupt_image_is_skipped_counted_and_listed``: 2 workers, one training JPEG with damaged
+  scan data: every epoch finishes, the file is logged, ``epoch/bad_images`` is 1 in MLflow (the
+  ranks' counts gathered) and ``bad_images.json`` lists it; with the default ``data.max_bad_fraction``
+  the run stops with a :class:`TooManyBadImagesError` that names it (no Ray retries).
 - ``test_cluster_preflight_elastic_training_tracking_and_non_finite_loss``: a local 3-node
   ``ray.cluster_utils.Cluster`` (a CPU-less head, where the driver is, and two 1-CPU nodes):
   too many workers / GPUs and data missing on one node fail before training; an elastic
@@ -342,6 +346,32 @@ def test_step_metrics_arrive_during_the_epoch(tmp_path, tiny_coco, tiny_params, 
     assert {p.name for p in steps_tsv.parent.iterdir()} >= {"loss.tsv", "loss_cls.tsv", "lr.tsv", "images_per_s.tsv"}
     assert json.loads((tmp_path / "dvclive" / "metrics.json").read_text())["step"] == 1
     assert console_noise(console) == [], console  # the channel's actor went away quietly
+
+
+def test_a_corrupt_image_is_skipped_counted_and_listed(tmp_path, tiny_coco, tiny_params, local_ray, corrupt_jpeg, capfd):
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.data.errors import TooManyBadImagesError
+    from pipeline.driver import Tracking, fit
+
+    coco = json.loads((tiny_coco / "train.json").read_text())
+    bad = corrupt_jpeg(tiny_coco / "images" / "train" / "bad.jpg")
+    coco["images"][3]["file_name"] = "images/train/bad.jpg"
+    (tiny_coco / "train.json").write_text(json.dumps(coco))
+    common = dict(storage_path=str(tmp_path / "ray"), data_dir=tiny_coco, root=tmp_path, check=None)
+    params = tiny_params("ray.num_workers=2", "train.epochs=2", "train.val_every=0", "data.max_bad_fraction=0.2")
+    result = fit(params, run_name="bad", tracking=Tracking(reports_dir=tmp_path / "reports"), **common)
+    assert [row["bad_images"] for row in result.history] == [1, 1]
+    report = json.loads((tmp_path / "reports" / "bad_images.json").read_text())
+    assert report["count"] == 1 and report["images"][0]["file"] == str(bad)
+    assert "broken data stream" in report["images"][0]["error"]
+    client = MlflowClient(result.mlflow_run["tracking_uri"])
+    assert [m.value for m in client.get_metric_history(result.mlflow_run["run_id"], "epoch/bad_images")] == [1, 1]
+    assert f"cannot decode {bad}" in "".join(capfd.readouterr())
+
+    with pytest.raises(TooManyBadImagesError, match=r"1 of the 8 train images cannot be decoded") as err:
+        fit(tiny_params("train.val_every=0"), run_name="too-many", tracking=Tracking(mlflow=False), **common)
+    assert str(bad) in str(err.value)
 
 
 def test_cluster_preflight_elastic_training_tracking_and_non_finite_loss(tmp_path, tiny_coco, tiny_params,

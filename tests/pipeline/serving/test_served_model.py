@@ -163,7 +163,8 @@ def test_registry_serving_and_pyfunc_give_the_checkpoints_detections(tmp_path, s
         assert main(["predict", "--model", f"models:/{NAME}@{ALIAS}", "--images", "in", "--out", "out",
                      "--score-threshold", "0", "--set", f"mlflow.tracking_uri={uri}",
                      "--set", f"data.resize.min_size={MIN_SIZE}", "--set", f"data.resize.max_size={MAX_SIZE}"]) == 0
-        predicted = json.loads((tmp_path / "out" / "detections.json").read_text())["annotations"]
+        (row,) = [json.loads(line) for line in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
+        predicted = row["detections"]
         _assert_same([{"box": [x, y, x + w, y + h], "score": d["score"], "label": d["category_id"]}
                       for d in predicted for x, y, w, h in [d["bbox"]]], expected[0])
 

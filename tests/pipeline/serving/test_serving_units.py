@@ -40,6 +40,21 @@ def test_requests_decode_from_bytes_or_base64_and_name_the_bad_row():
         decode_images(pd.DataFrame({"picture": [_png()]}))
 
 
+def test_requests_decode_like_every_stage_exif_upright_and_16_bit_scaled():
+    import numpy as np
+
+    from pipeline.serving.model import decode_images
+
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    phone, grey16 = io.BytesIO(), io.BytesIO()
+    Image.new("RGB", (30, 20), (200, 10, 10)).save(phone, format="JPEG", exif=exif.tobytes())
+    Image.fromarray(np.full((6, 8), 40000, np.uint16)).save(grey16, format="PNG")
+    upright, grey = decode_images(pd.DataFrame({"image": [phone.getvalue(), grey16.getvalue()]}))
+    assert upright.size == (20, 30)  # the frame the user sees: boxes come back in it
+    assert grey.getpixel((0, 0)) == (40000 >> 8,) * 3  # scaled, not saturated to white
+
+
 def test_serving_config_checks_and_names_unknown_keys():
     assert ServingConfig.from_mapping({"min_size": 40, "max_size": 60}).to_dict() == {
         "min_size": 40, "max_size": 60, "score_threshold": 0.0, "batch_size": 8, "device": "auto"}
