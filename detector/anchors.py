@@ -19,11 +19,12 @@ anchors here are exact and centred.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
+
+from detector.anchor_cell import cell_anchor_rows
 
 __all__ = ["AnchorGenerator", "cell_anchors", "grid_centers"]
 
@@ -53,18 +54,11 @@ def cell_anchors(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
 ) -> Tensor:
-    """Zero-centred anchors ``(A, 4)`` xyxy for one location, ``A = len(scales) * len(aspect_ratios)``.
-
-    Ordered ratio-major then scale (as torchvision). ``aspect_ratio = height / width``:
-    area ``(stride * scale) ** 2``, ``width = sqrt(area / ratio)``, ``height = area / width``.
+    """Zero-centred anchors ``(A, 4)`` xyxy for one location, ``A = len(scales) * len(aspect_ratios)``:
+    :func:`detector.anchor_cell.cell_anchor_rows` (ratio-major then scale, as torchvision;
+    ``aspect_ratio = height / width``, area ``(stride * scale) ** 2``).
     """
-    rows = []
-    for ratio in aspect_ratios:
-        for scale in scales:
-            area = (stride * scale) ** 2
-            w = math.sqrt(area / ratio)
-            h = area / w
-            rows.append([-w / 2, -h / 2, w / 2, h / 2])
+    rows = cell_anchor_rows(stride, scales, aspect_ratios)
     # built on the host and copied without waiting for the device (torch.tensor(..., device=)
     # would make a blocking copy: a host-device sync)
     return torch.tensor(rows, dtype=dtype or torch.float32).to(device, non_blocking=True)

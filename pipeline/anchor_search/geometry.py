@@ -29,15 +29,14 @@ __all__ = ["BoxGrid", "anchor_shapes", "best_iou_every_anchor"]
 def anchor_shapes(strides: Sequence[int], scales: Sequence[float] | Sequence[Sequence[float]],
                   aspect_ratios: Sequence[float]) -> list[np.ndarray]:
     """Anchor widths and heights ``(A, 2)`` per level, exactly as the model builds them
-    (:func:`detector.anchors.cell_anchors`; ``scales`` shared or one list per level)."""
-    import torch
-
-    from detector.anchors import cell_anchors
+    (:func:`detector.anchors.cell_anchors`' rule, :func:`detector.anchor_cell.cell_anchor_rows`, without
+    torch; ``scales`` shared or one list per level)."""
+    from detector.anchor_cell import cell_anchor_rows
 
     per_level = _per_level(scales, len(strides))
     shapes = []
     for stride, level_scales in zip(strides, per_level):
-        xyxy = cell_anchors(stride, level_scales, aspect_ratios, dtype=torch.float64).numpy()  # (A, 4), zero-centred
+        xyxy = np.asarray(cell_anchor_rows(stride, level_scales, aspect_ratios), dtype=np.float64)  # (A, 4)
         shapes.append(np.stack([xyxy[:, 2] - xyxy[:, 0], xyxy[:, 3] - xyxy[:, 1]], axis=1))
     return shapes
 

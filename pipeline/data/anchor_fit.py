@@ -18,13 +18,14 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from pipeline.data.records import Split
+
+if TYPE_CHECKING:  # torch only for the annotations: `prepare` runs without importing it (~0.7 GB RSS)
+    from torch import Tensor
 
 SIZE_BUCKETS = (("small", 32.0**2), ("medium", 96.0**2), ("large", math.inf))
 WARN_BELOW = 0.9
@@ -237,8 +238,8 @@ def _plain(scales: Any) -> Any:
 def gt_from_coco(coco: dict[str, Any], min_size: int, max_size: int
                  ) -> tuple[list[np.ndarray], list[tuple[int, int]], list[np.ndarray]]:
     """Non-crowd boxes ``(G_i, 4)`` xyxy, image sizes and labels of a COCO dict after the
-    training resize (:func:`pipeline.data.transforms.resized_size`), one entry per image."""
-    from pipeline.data.transforms import resized_size
+    training resize (:func:`pipeline.data.resize.resized_size`), one entry per image."""
+    from pipeline.data.resize import resized_size
 
     per_image: dict[int, list[dict]] = {img["id"]: [] for img in coco["images"]}
     for ann in coco["annotations"]:
@@ -258,9 +259,9 @@ def gt_from_coco(coco: dict[str, Any], min_size: int, max_size: int
 
 def gt_from_split(split: Split, min_size: int, max_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Non-crowd boxes ``(N, 4)`` xyxy after the training resize
-    (:func:`pipeline.data.transforms.resized_size`), the ``(N, 2)`` resized ``(h, w)`` of each
+    (:func:`pipeline.data.resize.resized_size`), the ``(N, 2)`` resized ``(h, w)`` of each
     box's image, and the ``(N,)`` labels; vectorised over all boxes."""
-    from pipeline.data.transforms import resized_size
+    from pipeline.data.resize import resized_size
 
     images, boxes = split.images, split.boxes
     keep = boxes.iscrowd == 0

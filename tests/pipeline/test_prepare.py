@@ -254,3 +254,33 @@ def test_exif_oriented_photos_through_prepare_and_the_training_targets(workdir, 
     assert "is the stored frame of" in capsys.readouterr().err
     assert main(["prepare", *sets, "--set", "data.exif_orientation=ignore"]) == 0
     assert json.loads((workdir / "reports/data.json").read_text())["exif_orientation"]["turned"] == 0
+
+
+def test_prepare_never_imports_torch(workdir, mixed_coco):
+    """`prepare` is the data stage: it parses params.yaml (``detector.typed``) and fits anchors by the
+    model's rule (``detector.anchor_cell``) without importing torch (~0.7 GB of its peak RSS)."""
+    import subprocess
+    import sys
+
+    mixed_coco("data/raw/coco", num_images=8)
+    sets = _sets("data.source=coco", "data.coco.train_annotations=data/raw/coco/annotations.json",
+                 "data.coco.train_images=data/raw/coco/images", "data.val_fraction=0.25", "data.verify_images=decode")
+    code = ("import sys; from pipeline.cli import main; code = main(sys.argv[1:]); "
+            "print('torch imported:', sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision')));"
+            " sys.exit(code)")
+    proc = subprocess.run([sys.executable, "-c", code, "prepare", *sets], cwd=workdir, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "torch imported: []" in proc.stdout, proc.stdout[-2000:]
+
+
+def test_anchor_shapes_without_torch_equal_the_models_cell_anchors():
+    import torch
+
+    from detector.anchors import cell_anchors
+    from pipeline.anchor_search.geometry import anchor_shapes
+
+    shapes = anchor_shapes([4, 8], [[2.0, 3.3], [1.5, 4.0]], [0.5, 1.0, 2.0])
+    for stride, level_scales, wh in zip([4, 8], [[2.0, 3.3], [1.5, 4.0]], shapes):
+        xyxy = cell_anchors(stride, level_scales, [0.5, 1.0, 2.0], dtype=torch.float64)
+        assert np.array_equal(wh, (xyxy[:, 2:] - xyxy[:, :2]).numpy())
