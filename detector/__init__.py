@@ -58,16 +58,26 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
+    module = _EXPORTS.get(name)
+    # the lazy imports are statements (not importlib calls) so that the run identity's import graph,
+    # pipeline.driver.identity.code_files, sees them; only the module of ``name`` is imported
+    if module == "detector.config":
+        from detector import config as found
+    elif module == "detector.anchors":
+        from detector import anchors as found
+    elif module == "detector.boxes":
+        from detector import boxes as found
+    elif module == "detector.checkpoint":
+        from detector import checkpoint as found
+    elif module == "detector.matching":
+        from detector import matching as found
+    elif module == "detector.model":
+        from detector import model as found
+    elif module == "detector.sampling":
+        from detector import sampling as found
+    else:
         raise AttributeError(f"module 'detector' has no attribute {name!r}")
-    # the lazy imports themselves (statements, so that the run identity's import graph,
-    # pipeline.driver.identity.code_files, sees them)
-    from detector import anchors, boxes, checkpoint, config, matching, model, sampling
-
-    modules = {"detector.anchors": anchors, "detector.boxes": boxes, "detector.checkpoint": checkpoint,
-               "detector.config": config, "detector.matching": matching, "detector.model": model,
-               "detector.sampling": sampling}
-    value = getattr(modules[_EXPORTS[name]], name)
+    value = getattr(found, name)
     globals()[name] = value
     return value
 

@@ -101,32 +101,41 @@ class BoxGrid:
     def astype(self, dtype: type) -> BoxGrid:
         return BoxGrid(self.wh.astype(dtype), self.offsets.astype(dtype), self.strides)
 
-    def best_iou(self, shapes: Sequence[np.ndarray]) -> np.ndarray:
+    def best_iou(self, shapes: Sequence[np.ndarray], chunk: int = 1 << 15) -> np.ndarray:
         """Best IoU ``(N,)`` of each box over every anchor of its image.
 
         Args:
             shapes: per level, anchor ``(w, h)`` ``(A_l, 2)`` (:func:`anchor_shapes`).
+            chunk: boxes per step: the temporaries are ``(chunk, A_l)``, so that scoring the
+                million boxes of a COCO-size split stays within a few MB.
         """
         if len(shapes) != len(self.strides):
             raise ValueError(f"{len(shapes)} levels of anchor shapes for {len(self.strides)} strides")
         dtype = self.wh.dtype
-        bw, bh = self.wh[:, 0:1], self.wh[:, 1:2]  # (N, 1)
-        box_area = bw * bh
+        shapes = [np.asarray(wh, dtype=dtype) for wh in shapes]
         best = np.zeros(len(self), dtype=dtype)
+        for start in range(0, len(self), chunk):
+            end = min(len(self), start + chunk)
+            best[start:end] = self._best_iou(shapes, slice(start, end))
+        return best
+
+    def _best_iou(self, shapes: list[np.ndarray], rows: slice) -> np.ndarray:
+        bw, bh = self.wh[rows, 0:1], self.wh[rows, 1:2]  # (n, 1)
+        box_area = bw * bh
+        best = np.zeros(len(bw), dtype=self.wh.dtype)
         for level, wh in enumerate(shapes):
-            wh = np.asarray(wh, dtype=dtype)
             aw, ah = wh[None, :, 0], wh[None, :, 1]  # (1, A)
-            # iw = clip(bw/2 + aw/2 - dx, 0, min(bw, aw)), in place on (N, A) buffers
-            iw = self._reach[level, :, 0:1] + aw * 0.5
+            # iw = clip(bw/2 + aw/2 - dx, 0, min(bw, aw)), in place on (n, A) buffers
+            iw = self._reach[level, rows, 0:1] + aw * 0.5
             np.minimum(iw, np.minimum(bw, aw), out=iw)
             np.maximum(iw, 0, out=iw)
-            ih = self._reach[level, :, 1:2] + ah * 0.5
+            ih = self._reach[level, rows, 1:2] + ah * 0.5
             np.minimum(ih, np.minimum(bh, ah), out=ih)
             np.maximum(ih, 0, out=ih)
             inter = np.multiply(iw, ih, out=iw)
             union = box_area + aw * ah
             union -= inter
-            iou = np.divide(inter, union, out=inter)  # (N, A)
+            iou = np.divide(inter, union, out=inter)  # (n, A)
             np.maximum(best, iou.max(axis=1), out=best)
         return best
 
