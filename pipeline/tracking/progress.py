@@ -245,6 +245,8 @@ def _in_train_controller() -> bool:
     try:
         import ray
 
+        if not ray.is_initialized():  # not a Ray process; and get_runtime_context() would start (or join) a Ray
+            return False
         actor = ray.get_runtime_context().current_actor
         return actor._ray_actor_creation_function_descriptor.class_name == "TrainController"
     except Exception:  # not in an actor, or another Ray version: no warm-up, the sinks import on first use
