@@ -48,7 +48,7 @@ def run(params: Params, args: argparse.Namespace) -> int:
     from pipeline.data.errors import ImageError
     from pipeline.driver.cluster import ensure_ray
     from pipeline.inference.images import collect_images
-    from pipeline.inference.loading import load_model, resolve_device
+    from pipeline.inference.loading import checkpoint_bytes, load_model, resolve_device
     from pipeline.tracking.uri import resolve_tracking_uri
 
     threshold = params.evaluate.draw_score_threshold if args.score_threshold is None else args.score_threshold
@@ -64,13 +64,17 @@ def run(params: Params, args: argparse.Namespace) -> int:
     if not paths:
         print(f"error: no image files in {' '.join(args.images)}", file=sys.stderr)
         return 2
-    device = resolve_device("cpu" if params.evaluate.cluster else params.evaluate.device)
+    # on the cluster, the replicas build the model from the checkpoint's bytes: this process never imports torch
+    cluster = params.evaluate.cluster
+    device = "cpu" if cluster else resolve_device(params.evaluate.device)
+    uri = resolve_tracking_uri(params.mlflow.tracking_uri)
     try:
-        model = load_model(args.model, tracking_uri=resolve_tracking_uri(params.mlflow.tracking_uri), device=device)
+        model = checkpoint_bytes(args.model, tracking_uri=uri) if cluster else load_model(args.model, tracking_uri=uri,
+                                                                                           device=device)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    started = params.evaluate.cluster and ensure_ray(params.ray.address)
+    started = cluster and ensure_ray(params.ray.address)
     settings = dataclasses.replace(params.evaluate, batch_size=batch_size, score_threshold=threshold)
     try:
         summary = predict(model, paths, Path(args.out), settings, params.data.resize, device=device,
@@ -94,14 +98,12 @@ def predict(model, paths: list[Path], out: Path, settings, resize, *, device="cp
     """Detect on ``paths`` (on the Ray cluster when ``settings.cluster``; Ray must then be initialised) and
     write ``predictions.jsonl`` line by line as results arrive, overlays for the first ``draw`` images read,
     and ``summary.json``. Photos with an EXIF orientation are turned upright (``exif_orientation: apply``)
-    and their boxes are in that frame, the one the user sees. Returns the summary."""
-    from pipeline.data.transforms import build_transforms
-    from pipeline.evaluation.batch_inference import StreamStats, stream_detections
-    from pipeline.evaluation.predictor import local_detections
-    from pipeline.inference.loading import class_names_of
+    and their boxes are in that frame, the one the user sees. ``model``: the detector, or (on the cluster)
+    its checkpoint's bytes. Returns the summary."""
+    from pipeline.evaluation.batch_inference import StreamStats, class_names_of_model, stream_detections
 
     out.mkdir(parents=True, exist_ok=True)
-    class_names = class_names_of(model)
+    class_names = class_names_of_model(model, settings)
     # absolute: Ray's tasks and actors run in folders of their own (multi-node: the same path on every node)
     items = [{"id": image_id, "path": str(Path(path).absolute())} for image_id, path in enumerate(paths, start=1)]
     stats = StreamStats()
@@ -110,6 +112,9 @@ def predict(model, paths: list[Path], out: Path, settings, resize, *, device="cp
     if settings.cluster:
         rows = stream_detections(items, model, settings, resize, desc="predict", **policy)
     else:
+        from pipeline.data.transforms import build_transforms
+        from pipeline.evaluation.predictor import local_detections
+
         rows = local_detections(items, model, transforms=build_transforms(False, resize.min_size, resize.max_size),
                                 score_threshold=settings.score_threshold, batch_size=settings.batch_size,
                                 device=device, progress=True, **policy)

@@ -8,13 +8,15 @@ which imports none of this package's metrics.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-
-from pipeline.evaluation.inference import InferenceTiming, run_inference, to_coco_results
 from pipeline.evaluation.metrics import STAT_NAMES, coco_metrics, load_coco, per_class_ap, pr_curves
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from pipeline.evaluation.inference import InferenceTiming, run_inference, to_coco_results
 
 __all__ = [
     "STAT_NAMES",
@@ -45,10 +47,13 @@ def evaluate_model(model: nn.Module, dataset: Any, *, batch_size: int = 8, devic
     import logging
 
     import torch.distributed as dist
+    from torch.utils.data import Subset
+
+    from pipeline.evaluation.inference import InferenceTiming, run_inference
 
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     rank = dist.get_rank() if world > 1 else 0
-    shard = dataset if world == 1 else torch.utils.data.Subset(dataset, shard_indices(len(dataset), rank, world))
+    shard = dataset if world == 1 else Subset(dataset, shard_indices(len(dataset), rank, world))
     timing, skipped = InferenceTiming(), []
     detections = run_inference(model, shard, batch_size=batch_size, device=device,
                                score_threshold=score_threshold, progress=progress, timing=timing, skipped=skipped)
@@ -70,3 +75,17 @@ def shard_indices(n: int, rank: int, world: int) -> list[int]:
     """The items of ``rank`` of ``world`` out of ``n``: every ``world``-th from ``rank``, so each item is on
     exactly one rank (unlike ``DistributedSampler``, which pads with repeats to equal shard sizes)."""
     return list(range(rank, n, world))
+
+
+def __getattr__(name: str) -> Any:
+    """The inference names are exported lazily (PEP 562): the batch-inference driver
+    (:mod:`pipeline.evaluation.batch_inference`, ``predict`` on the cluster) and the metrics do not
+    import torch (~0.7 GB of RSS) through this package. The import is a statement so that the run
+    identity's import graph sees it."""
+    if name in ("InferenceTiming", "run_inference", "to_coco_results"):
+        from pipeline.evaluation import inference as found
+    else:
+        raise AttributeError(f"module 'pipeline.evaluation' has no attribute {name!r}")
+    value = getattr(found, name)
+    globals()[name] = value
+    return value

@@ -65,6 +65,9 @@ def stream_detections(items: Sequence[dict[str, Any]], model: Any, settings: Eva
                       ) -> Iterator[dict[str, Any]]:
     """Detect on every ``{"id", "path"}`` of ``items`` on the Ray cluster (Ray must be initialised).
 
+    ``model`` is the detector, or its checkpoint's bytes (:func:`pipeline.inference.loading.checkpoint_bytes`),
+    which the replicas load: the driver then never imports torch.
+
     Yields one row per readable image, in completion order: ``{"id", "path", "height", "width",
     "detections": [COCO results, original pixels]}``. Unreadable images are listed in
     ``stats.skipped`` (and logged) instead; ``stats`` also gathers the counts, forward time and nodes.
@@ -96,6 +99,21 @@ def stream_detections(items: Sequence[dict[str, Any]], model: Any, settings: Eva
                 row["detections"] = json.loads(row["detections"])
                 yield row
     check_bad_fraction(stats, max_bad_fraction)
+
+
+def class_names_of_model(model: Any, settings: EvaluateParams) -> dict[int, str]:
+    """Label -> class name of ``model`` (a detector), or of a checkpoint's bytes, read in a Ray task on
+    the cluster (Ray must be initialised) so that this process never imports torch."""
+    if not isinstance(model, bytes):
+        from pipeline.inference.loading import class_names_of
+
+        return class_names_of(model)
+    import ray
+
+    from pipeline.evaluation.replica import checkpoint_class_names
+
+    task = ray.remote(checkpoint_class_names).options(num_cpus=settings.decode_cpus)
+    return {int(label): name for label, name in ray.get(task.remote(model)).items()}
 
 
 def check_bad_fraction(stats: StreamStats, max_bad_fraction: float) -> None:
@@ -182,6 +200,6 @@ def record_skipped(stats: StreamStats, path: str, error: str, bad_images: str) -
     log.warning("skipped unreadable image %s: %s", path, error)
 
 
-__all__ = ["BAD_IMAGE_POLICIES", "BadImagesError", "StreamStats", "check_bad_fraction", "check_policy",
+__all__ = ["BAD_IMAGE_POLICIES", "BadImagesError", "StreamStats", "check_bad_fraction", "check_policy", "class_names_of_model",
            "record_skipped",
            "stream_detections"]

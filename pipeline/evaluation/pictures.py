@@ -14,8 +14,12 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from typing import TYPE_CHECKING
+
 from PIL import Image, ImageDraw, ImageFont
-from torch import Tensor
+
+if TYPE_CHECKING:  # predict's overlays are drawn by a driver that does not import torch
+    from torch import Tensor
 
 PRED_COLOR = (230, 40, 40)  # predictions: red, solid, captioned "class score"
 GT_COLOR = (40, 200, 40)    # ground truth: green, dashed, captioned "class"

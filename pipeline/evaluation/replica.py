@@ -20,8 +20,6 @@ from typing import Any
 import numpy as np
 
 from pipeline.data.decode import ExifOrientation, decode_or_none
-from pipeline.data.transforms import ResizeJitter
-from pipeline.data.transforms import to_tensor as image_to_tensor
 
 EMPTY_IMAGE = np.zeros((0, 0, 3), dtype=np.uint8)
 
@@ -41,6 +39,8 @@ def decode_batch(batch: dict[str, np.ndarray], *, min_size: int, max_size: int,
     does. An unreadable file is kept as a row with its ``error`` so that the driver lists it; it is
     never dropped here.
     """
+    from pipeline.data.transforms import ResizeJitter  # torch: in the task, never in the driver
+
     resize = ResizeJitter(min_size, max_size)  # the evaluation transforms' resize (scale range (1, 1))
     images, heights, widths, errors = [], [], [], []
     annotated = batch.get("ann_width"), batch.get("ann_height")
@@ -69,6 +69,8 @@ def decode_batch(batch: dict[str, np.ndarray], *, min_size: int, max_size: int,
 def to_tensor(pixels: np.ndarray):
     """``(h, w, 3)`` uint8 -> ``(3, h, w)`` float32 in [0, 1]: the conversion of the evaluation transforms
     (:func:`pipeline.data.transforms.to_tensor`), so the pixels are bit for bit the same."""
+    from pipeline.data.transforms import to_tensor as image_to_tensor
+
     return image_to_tensor(np.array(pixels))  # a writable copy: Ray hands out read-only arrays
 
 
@@ -76,8 +78,9 @@ class DetectorReplica:
     """One detector per actor: built once from the model in Ray's object store, then fed batches.
 
     Args:
-        model_ref: ``[ObjectRef]`` of the detector (``ray.put`` once by the driver; a list so that Ray
-            hands the reference itself to the constructor).
+        model_ref: ``[ObjectRef]`` of the detector, or of its checkpoint's bytes
+            (:func:`pipeline.inference.loading.checkpoint_bytes`: a driver that never imports torch),
+            ``ray.put`` once by the driver; a list so that Ray hands the reference itself to the constructor.
         device: ``cpu``, ``cuda`` or ``auto`` (cuda when this replica sees a GPU).
         num_threads: torch CPU threads of this replica (its CPUs).
         score_threshold: detections below it are not returned.
@@ -87,11 +90,13 @@ class DetectorReplica:
         import ray
         import torch
 
-        from pipeline.inference.loading import resolve_device
+        from pipeline.inference.loading import model_from_bytes, resolve_device
 
         torch.set_num_threads(max(1, num_threads))
         self.device = resolve_device(device)
-        self.model = ray.get(model_ref[0]).to(self.device).eval()
+        model = ray.get(model_ref[0])
+        self.model = (model_from_bytes(model, self.device) if isinstance(model, bytes)
+                      else model.to(self.device).eval())
         self.score_threshold = score_threshold
         self.node = _node_id()
 
@@ -120,3 +125,11 @@ class DetectorReplica:
         forward = np.asarray([share if not error else 0.0 for error in batch["error"]], dtype=np.float64)
         return {**rows, "detections": np.asarray(detections, dtype=object), "forward_s": forward,
                 "replica_node": np.asarray([self.node] * len(detections), dtype=object)}
+
+
+def checkpoint_class_names(checkpoint: bytes) -> dict[int, str]:
+    """Label -> class name of the checkpoint (:func:`pipeline.inference.loading.class_names_of`); run in a
+    Ray task, so that a driver holding only the checkpoint's bytes never imports torch."""
+    from pipeline.inference.loading import class_names_of, model_from_bytes
+
+    return class_names_of(model_from_bytes(checkpoint))

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch is imported where a model is built: the batch-inference driver never does
+    import torch
+    from torch import nn
 
 MLFLOW_SCHEMES = ("models:/", "runs:/")
 
 
 def resolve_device(device: str) -> torch.device:
     """``"auto"`` -> cuda when available, else cpu; anything else as given."""
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
@@ -27,23 +34,49 @@ def load_model(ref: str | Path, *, tracking_uri: str | None = None, device: str 
     """
     import detector
 
+    with _checkpoint_file(ref, tracking_uri) as checkpoint:
+        model = detector.load_checkpoint(checkpoint, map_location=device)
+    return _for_inference(model, device)
+
+
+def checkpoint_bytes(ref: str | Path, *, tracking_uri: str | None = None) -> bytes:
+    """The checkpoint file behind ``ref`` (as :func:`load_model` resolves it), unread by torch: what the
+    batch-inference driver ships to its replicas, which build the model (:func:`model_from_bytes`)."""
+    with _checkpoint_file(ref, tracking_uri) as checkpoint:
+        return checkpoint.read_bytes()
+
+
+def model_from_bytes(data: bytes, device: str | torch.device = "cpu") -> nn.Module:
+    """:func:`load_model` of a checkpoint's bytes (:func:`checkpoint_bytes`)."""
+    import detector
+
+    with tempfile.TemporaryDirectory(prefix="checkpoint-") as tmp:
+        path = Path(tmp) / "model.pt"
+        path.write_bytes(data)
+        model = detector.load_checkpoint(path, map_location=device)
+    return _for_inference(model, device)
+
+
+def _for_inference(model: nn.Module, device: str | torch.device) -> nn.Module:
+    model = model.to(device).eval()
+    fuse = getattr(model, "fuse_for_inference", None)
+    return fuse() if fuse is not None and not model.fused else model
+
+
+@contextlib.contextmanager
+def _checkpoint_file(ref: str | Path, tracking_uri: str | None) -> Iterator[Path]:
+    """The local checkpoint file of ``ref`` (downloaded into a temporary folder for an MLflow URI)."""
     ref = str(ref)
     if ref.startswith(MLFLOW_SCHEMES):
         if tracking_uri is None:
             raise ValueError(f"{ref}: an MLflow model URI needs a tracking URI")
-        import tempfile
-
         with tempfile.TemporaryDirectory(prefix="mlflow-model-") as tmp:
-            checkpoint = _download_checkpoint(ref, tracking_uri, Path(tmp))
-            model = detector.load_checkpoint(checkpoint, map_location=device)
-    else:
-        if not Path(ref).is_file():
-            raise FileNotFoundError(f"{ref}: model checkpoint not found (train one with `python -m pipeline "
-                                    "train`, or pass an MLflow URI like models:/NAME@ALIAS)")
-        model = detector.load_checkpoint(ref, map_location=device)
-    model = model.to(device).eval()
-    fuse = getattr(model, "fuse_for_inference", None)
-    return fuse() if fuse is not None and not model.fused else model
+            yield _download_checkpoint(ref, tracking_uri, Path(tmp))
+        return
+    if not Path(ref).is_file():
+        raise FileNotFoundError(f"{ref}: model checkpoint not found (train one with `python -m pipeline "
+                                "train`, or pass an MLflow URI like models:/NAME@ALIAS)")
+    yield Path(ref)
 
 
 def _download_checkpoint(ref: str, tracking_uri: str, dst: Path) -> Path:

@@ -63,11 +63,18 @@ def mlflow_uri(workdir, sqlite_store):
 
 
 @pytest.mark.slow
-def test_folder_glob_and_list_with_unreadable_files_on_the_cluster(workdir, images, tiny_model, capsys):
-    """On a local Ray: outputs for every readable image, each unreadable one listed (stderr, summary.json)."""
+def test_folder_glob_and_list_with_unreadable_files_on_the_cluster(workdir, images, tiny_model, capsys, monkeypatch):
+    """On a local Ray: outputs for every readable image, each unreadable one listed (stderr, summary.json).
+    The driver never builds the model: the replicas load it from the checkpoint's bytes."""
     import ray
 
     from detector import save_checkpoint
+    from pipeline.inference import loading
+
+    def no_model_in_the_driver(*args, **kwargs):
+        raise AssertionError("the driver built the model")
+
+    monkeypatch.setattr(loading, "load_model", no_model_in_the_driver)
 
     save_checkpoint(workdir / "model.pt", tiny_model)
     (workdir / "list.txt").write_text("in/a.png\n\n# a comment\nin/corrupt.jpg\n")
@@ -183,3 +190,16 @@ def test_an_exif_rotated_photo_gives_boxes_in_the_frame_the_user_sees(workdir, m
     summary = json.loads((workdir / "o" / "summary.json").read_text())
     assert [Path(f["path"]).name for f in summary["skipped"]] == ["bad.jpg"]
     assert "broken data stream" in summary["skipped"][0]["error"]
+
+
+def test_the_cluster_drivers_modules_do_not_import_torch():
+    """What ``predict`` runs in the driver on the cluster (its CLI, Ray Data's driver side, the checkpoint's
+    bytes, the overlays) imports no torch: ~0.7 GB of RSS that a CPU-only head node does not need."""
+    import subprocess
+    import sys
+
+    code = ("import sys, pipeline.cli, pipeline.predict, pipeline.evaluation.batch_inference, pipeline.driver.cluster, "
+            "pipeline.inference.loading, pipeline.inference.images, pipeline.evaluation.pictures, "
+            "pipeline.tracking.uri; print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch')[:3])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
+    assert out.strip() == "[]", out
