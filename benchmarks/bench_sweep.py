@@ -11,8 +11,8 @@ sections) is merged over the params file, then ``--set`` overrides; ``--trials``
 1. The sweep: ``pipeline.tuning.sweep.run_sweep`` (what ``python -m pipeline tune`` runs), trials ranked
    by ``tune.metric`` on val with ASHA; it never reads ``test.json``.
 2. The winner (its swept values applied to the params) and the defaults (the params as they are) are each
-   trained once more for ``tune.epochs`` epochs through the ``train`` stage's code path and scored by
-   ``pipeline.evaluation.evaluate_model`` on val and on test.
+   trained once more for ``tune.epochs`` epochs and scored on val and on test:
+   ``pipeline.tuning.held_out.compare_on_test``, what ``tune.held_out: true`` runs after a sweep.
 3. Prints both rows, the winner's params and the test AP difference; ``--out`` writes them as JSON.
 """
 
@@ -62,22 +62,6 @@ def load_with_preset(params_path: str | Path, preset: str | Path, overrides: lis
     return params
 
 
-def winner_params(params: Any, best_yaml: Path, keys: list[str]) -> Any:
-    """``params`` with the swept ``keys`` set to their values in the sweep's ``best_params.yaml``."""
-    from pipeline.params import params_from_dict, set_dotted
-
-    best = yaml.safe_load(best_yaml.read_text())
-    raw = params.to_dict()
-    for key in keys:
-        value: Any = best
-        for part in key.split("."):
-            value = value[part]
-        set_dotted(raw, key, value)
-    out = params_from_dict(raw)
-    out.source_path = params.source_path
-    return out
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data_dir", type=Path)
@@ -91,10 +75,8 @@ def main() -> int:
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-    from bench_quality import train_ours
-    from bench_recipe import evaluate_split
-
-    from pipeline.params import ParamsError, params_from_dict, set_dotted
+    from pipeline.params import ParamsError
+    from pipeline.tuning.held_out import compare_on_test, table
     from pipeline.tuning.space import parse_space, validate_space
     from pipeline.tuning.sweep import run_sweep
 
@@ -119,28 +101,13 @@ def main() -> int:
         print("error: no trial reported a result", file=sys.stderr)
         return 1
     keys = [dim.key for dim in parse_space(params.tune.space)]
-    final = {"defaults": params, "winner": winner_params(params, work / "tune" / "best_params.yaml", keys)}
-    rows = {}
-    for name, p in final.items():
-        raw = p.to_dict()
-        set_dotted(raw, "train.epochs", params.tune.epochs)
-        set_dotted(raw, "train.val_every", 0)
-        p = params_from_dict(raw)
-        model, summary = train_ours(p, data_dir, work / "ray", f"final-{name}")
-        rows[name] = {**summary, "val": evaluate_split(model, data_dir / "val.json", p),
-                      "test": evaluate_split(model, data_dir / "test.json", p)}
-        print(json.dumps({name: rows[name]}), flush=True)
-    best_values = {k: outcome.best.config.get(k) for k in keys}
-    print(f"\nsweep: {params.tune.num_samples} trials ({params.tune.search}), {params.tune.epochs} epochs each, "
-          f"selected on val {params.tune.metric}; winner: {json.dumps(best_values)}")
-    print(f"{'':10} {'val AP':>8} {'val AP50':>9} {'test AP':>8} {'test AP50':>10}")
-    for name, row in rows.items():
-        print(f"{name:10} {row['val']['AP']:>8.3f} {row['val']['AP50']:>9.3f} {row['test']['AP']:>8.3f} "
-              f"{row['test']['AP50']:>10.3f}")
-    delta = 100 * (rows["winner"]["test"]["AP"] - rows["defaults"]["test"]["AP"])
-    print(f"winner - defaults on the held-out test split: {delta:+.1f} AP points")
+    # what `tune.held_out: true` runs after a sweep: the defaults and the winner retrained, scored on val and test
+    comparison = compare_on_test(params, data_dir, work / "tune" / "best_params.yaml", keys,
+                                 storage_path=str(work / "ray"), root=work, parent_run_id=outcome.mlflow_run_id)
+    print(f"\nsweep: {params.tune.num_samples} trials ({params.tune.search}), {params.tune.epochs} epochs each")
+    print(table(comparison, params.tune.metric))
     if args.out:
-        args.out.write_text(json.dumps({"winner_params": best_values, "rows": rows, "test_ap_gain": delta}, indent=2))
+        args.out.write_text(json.dumps(comparison, indent=2))
     return 0
 
 

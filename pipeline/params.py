@@ -298,6 +298,7 @@ class TuneParams:
     workers_per_trial: int | None = None   # null: ray.num_workers
     cpus_per_worker: float | None = None   # null: ray.cpus_per_worker
     use_gpu: bool | None = None            # null: ray.use_gpu
+    held_out: bool = False         # after the sweep: winner vs defaults retrained, scored on <data_dir>/test.json
 
     def __post_init__(self) -> None:
         _positive(self, "tune", ["num_samples", "max_concurrent_trials", "epochs", "grace_period"])

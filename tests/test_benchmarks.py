@@ -174,5 +174,5 @@ def test_bench_sweep_scores_winner_and_defaults_on_test(tmp_path, tiny_coco, tin
     out = _run([str(REPO / "benchmarks/bench_sweep.py"), str(data), "--preset", str(preset), "--params", str(params),
                 "--out", "s.json"], cwd=tmp_path, timeout=1200)
     result = json.loads((tmp_path / "s.json").read_text())
-    assert set(result["rows"]) == {"defaults", "winner"} and "held-out test split" in out
+    assert set(result["rows"]) == {"defaults", "winner"} and "winner - defaults on test" in out
     assert result["winner_params"]["model.rpn.iou_thresholds"] in ([0.3, 0.6], [0.4, 0.5])

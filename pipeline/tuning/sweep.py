@@ -92,11 +92,11 @@ def sweep_identity(params: Params, data_dir: str | Path) -> RunIdentity:
     code that the workers and the sweep import (:data:`pipeline.driver.identity.SWEEP_ENTRIES`;
     not the driver side or tracking) and torch/torchvision.
 
-    ``max_concurrent_trials`` and where things are stored or tracked are left out: they do not
-    change the results.
+    ``max_concurrent_trials``, ``held_out`` (a check run after the sweep) and where things are
+    stored or tracked are left out: they do not change the results.
     """
     base = trial_base(params)
-    tune = {k: v for k, v in base.pop("tune").items() if k != "max_concurrent_trials"}
+    tune = {k: v for k, v in base.pop("tune").items() if k not in ("max_concurrent_trials", "held_out")}
     keyed = {"model": base["model"], "train": base["train"], "resize": base["data"]["resize"],
              "validation": [base["evaluate"][k] for k in ("batch_size", "score_threshold")],
              "workers": [base["ray"][k] for k in ("num_workers", "use_gpu")], "tune": tune}

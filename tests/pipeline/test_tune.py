@@ -214,7 +214,8 @@ def test_tiny_sweep_interrupted_then_resumed(tmp_path, tiny_coco, params_file, m
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_tiny_optuna_sweep_with_fitted_anchors(tmp_path, tiny_coco, params_file, local_ray):
+def test_tiny_optuna_sweep_with_fitted_anchors_and_the_held_out_check(tmp_path, tiny_coco, params_file, local_ray,
+                                                                     capsys, monkeypatch):
     import pickle
 
     from pipeline.tuning.sweep import run_sweep
@@ -252,3 +253,33 @@ def test_tiny_optuna_sweep_with_fitted_anchors(tmp_path, tiny_coco, params_file,
     assert "-S 'model.anchors.scales=" in outcome.train_command
     rows = list(csv.DictReader((out / "trials.csv").open()))
     assert sorted(row["model.anchors"] for row in rows) == sorted(r.config["model.anchors"] for r in outcome.records)
+
+    # --- tune.held_out: the finished sweep is reused, then the defaults and the winner are retrained (1 epoch each)
+    # and scored on a test split that no trial read (here a copy of val: both scores must then agree)
+    data = tmp_path / "data"
+    data.mkdir()
+    for entry in tiny_coco.iterdir():
+        (data / entry.name).symlink_to(entry)
+    command = ["tune", "--params", str(path), "--data-dir", str(data), "--out-dir", str(out), "--set", "tune.held_out=true"]
+    monkeypatch.chdir(tmp_path)  # the stage's state root
+    capsys.readouterr()
+    assert main(command) == 2  # no test split: refused before anything trains
+    assert f"{data / 'test.json'} not found" in capsys.readouterr().err
+    (data / "test.json").symlink_to(tiny_coco / "val.json")
+    assert main(command) == 0
+    console = capsys.readouterr().out
+    held = json.loads((out / "held_out.json").read_text())
+    assert set(held["rows"]) == {"defaults", "winner"} and held["epochs"] == 1 and "winner - defaults on test" in console
+    assert set(held["winner_params"]) == {"model.anchors", "model.rpn.iou_thresholds", "model.roi.iou_threshold"}
+    for row in held["rows"].values():
+        assert row["test"] == row["val"]
+    assert held["test_gain"]["AP"] == pytest.approx(
+        100 * (held["rows"]["winner"]["test"]["AP"] - held["rows"]["defaults"]["test"]["AP"]), abs=0.01)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent = client.get_run(outcome.mlflow_run_id)
+    assert parent.data.metrics["held_out/test_gain_AP"] == held["test_gain"]["AP"]
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(r.data.tags.get("detpipe.held_out", "") for r in children if "detpipe.held_out" in r.data.tags) == \
+        ["defaults", "winner"]

@@ -118,6 +118,13 @@ def test_the_autoscaler_status_says_whether_the_cluster_can_grow():
     assert _scaling(_status(("a1", None), version="0"), _status(("a1", None)), wait_s=60).state == FIXED
 
 
+def _preflight_messages(caplog) -> list[str]:
+    """Preflight's warnings, in order, each once: after earlier tests in the same process (the sweep's, which
+    configure Ray's and the console's logging) pytest's capture may receive a record twice; what the user's
+    console shows once is tested in tests/pipeline/test_console.py."""
+    return list(dict.fromkeys(r.getMessage() for r in caplog.records if r.name == "pipeline.driver.preflight"))
+
+
 def test_a_cluster_whose_autoscaler_state_is_unknown_warns_instead_of_failing(caplog, monkeypatch):
     monkeypatch.setattr(logging.getLogger("pipeline"), "propagate", True)  # caplog listens on the root logger
     nodes = [_node(1), _node(1)]
@@ -125,7 +132,7 @@ def test_a_cluster_whose_autoscaler_state_is_unknown_warns_instead_of_failing(ca
     with caplog.at_level(logging.WARNING, logger="pipeline.driver.preflight"):
         check_cluster_capacity(CPU1, 3, 3, nodes, scaling=unknown)
         check_cluster_capacity(GPU1, 1, 1, nodes, scaling=unknown)  # a GPU node type may exist
-    first, second = (r.getMessage() for r in caplog.records)
+    first, second = _preflight_messages(caplog)
     assert first.startswith("could not tell whether the cluster can start more nodes: Ray's autoscaler status "
                             "could not be read (TimeoutError: no answer). Going on as if it can: 2 of 3 worker(s)")
     assert "If it cannot grow, the training waits for ever: lower ray.num_workers" in first
@@ -142,7 +149,7 @@ def test_a_cluster_whose_autoscaler_state_is_unknown_warns_instead_of_failing(ca
     with caplog.at_level(logging.WARNING, logger="pipeline.driver.preflight"):
         check_cluster_capacity(GPU1, 2, 2, nodes, scaling=grows)
         check_cluster_capacity(CPU1, 2, 2, nodes, scaling=lambda: pytest.fail("asked the autoscaler"))
-    (warning,) = (r.getMessage() for r in caplog.records)
+    (warning,) = _preflight_messages(caplog)
     assert warning == ("no node running now can hold one worker (1 CPU, 1 GPU); Ray Train waits for the autoscaler "
                        "to start one that can (its autoscaler is starting nodes of type gpu-group)")
 
