@@ -113,6 +113,34 @@ def write_mixed_coco(root: Path, num_images: int = 12, seed: int = 0, category_i
     return path
 
 
+def _fresh_local_ray():
+    """A new local Ray as the stages start one (:func:`pipeline.driver.cluster.ensure_ray`, the project's code
+    shipped), shut down afterwards; any Ray already up in this process is shut down first."""
+    import ray
+
+    from pipeline.driver.cluster import ensure_ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ensure_ray(None)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture
+def local_ray():
+    """A local Ray for the test (this machine's CPUs); a stage run inside it leaves it running."""
+    yield from _fresh_local_ray()
+
+
+@pytest.fixture(scope="module")
+def module_local_ray():
+    """One local Ray for a whole test module."""
+    yield from _fresh_local_ray()
+
+
 @pytest.fixture
 def mixed_coco(tmp_path: Path):
     """Factory ``mixed_coco(name="raw", root=None, num_images=12, ...) -> annotations.json`` of

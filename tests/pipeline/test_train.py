@@ -66,20 +66,6 @@ def _stage_hooks(monkeypatch, *hooks, driver_warning: str | None = None) -> None
     monkeypatch.setattr(pipeline.driver, "fit", fit)
 
 
-@pytest.fixture
-def local_ray():
-    """One local Ray for the test (2 CPUs); the stage then leaves it running."""
-    import ray
-
-    from pipeline.driver.runner import ensure_ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    ensure_ray(None)
-    yield
-    ray.shutdown()
-
-
 def _system_streams(client, run_id: str) -> dict[str, list[int]]:
     """The run's system-metric streams: node name -> steps of its CPU samples."""
     keys = [k for k in client.get_run(run_id).data.metrics if k.startswith("system/")]

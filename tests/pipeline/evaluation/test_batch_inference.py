@@ -11,20 +11,6 @@ from PIL import Image
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    """One local Ray (this machine's CPUs) for the module, with the project's code shipped."""
-    import ray
-
-    from pipeline.driver.cluster import ensure_ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    ensure_ray(None)
-    yield
-    ray.shutdown()
-
-
 def _tiny_model(class_names):
     from detector import DetectorConfig, build_model
 
@@ -36,7 +22,7 @@ def _tiny_model(class_names):
     return build_model(config).eval()
 
 
-def test_cluster_detections_and_metrics_equal_the_in_process_ones(tmp_path, tiny_coco, tiny_params, local_ray):
+def test_cluster_detections_and_metrics_equal_the_in_process_ones(tmp_path, tiny_coco, tiny_params, module_local_ray):
     from pipeline.evaluate import evaluate
 
     val = tiny_coco / "val.json"
@@ -56,7 +42,7 @@ def test_cluster_detections_and_metrics_equal_the_in_process_ones(tmp_path, tiny
     assert on_cluster["images_per_s"] > 0 and len(on_cluster["replica_nodes"]) == 1
 
 
-def test_unreadable_images_are_listed_and_left_out(tmp_path, tiny_coco, tiny_params, local_ray):
+def test_unreadable_images_are_listed_and_left_out(tmp_path, tiny_coco, tiny_params, module_local_ray):
     from pipeline.evaluate import evaluate
     from pipeline.evaluation.batch_inference import BadImagesError
 
@@ -133,7 +119,7 @@ def test_a_head_with_no_cpus_does_no_inference(tmp_path, tiny_coco, tiny_params_
                                   tmp_path / "worker.log", env))
         nodes = json.loads(python("-c", f"""
 import json, time, ray
-ray.init(address="{address}", logging_config=ray.LoggingConfig(log_level="ERROR"))
+ray.init(address="{address}")
 deadline = time.monotonic() + 120
 while len([n for n in ray.nodes() if n["Alive"]]) < 2 and time.monotonic() < deadline:
     time.sleep(1)
