@@ -149,13 +149,13 @@ def train_torchvision(params: Any, data_dir: Path, storage: Path, name: str) -> 
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from pipeline import driver
+    from pipeline.driver.preflight import worker_request
 
     rp = params.ray
     trainer = TorchTrainer(
         torchvision_loop_per_worker, train_loop_config={"params": params, "data_dir": str(data_dir)},
         scaling_config=ray.train.ScalingConfig(num_workers=rp.num_workers, use_gpu=rp.use_gpu,
-                                               resources_per_worker=driver._resources_per_worker(params)),
+                                               resources_per_worker=worker_request(params)),
         torch_config=TorchConfig(backend="nccl" if rp.use_gpu else "gloo"),
         run_config=ray.train.RunConfig(name=name, storage_path=str(storage),
                                        logging_config=ray.train.LoggingConfig(log_level="WARNING")),
