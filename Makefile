@@ -18,12 +18,14 @@ install: $(STAMP)
 
 # Reinstalled when pyproject.toml or constraints.txt changes or a package's __init__ appears (editable
 # installs map the packages that existed at install time). uv installs the ~6 GB of wheels (torch's CUDA
-# build, Ray, MLflow, DVC) in ~40 s where pip takes ~3.5 min (BENCHMARKS.md, "End-to-end default run"),
+# build, Ray, MLflow, DVC) in ~1 min where pip takes ~3.5 min (BENCHMARKS.md, "End-to-end default run"),
 # both from the package registry; constraints.txt pins the versions the test suite passes with.
+# --compile-bytecode: as pip does; without .pyc files every new Ray worker process compiles its imports (a CI run
+# without it saw Ray Train's first autoscaling request, a 5 s timeout, fail with a traceback on the console).
 $(STAMP): pyproject.toml constraints.txt detector/__init__.py pipeline/__init__.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q 'uv>=0.9,<0.14'
-	$(BIN)/uv pip install --python $(BIN)/python -q -c constraints.txt -e '.[dev]'
+	$(BIN)/uv pip install --python $(BIN)/python -q --compile-bytecode -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 # constraints.txt re-resolved to the newest versions pyproject.toml allows (then run the tests).
