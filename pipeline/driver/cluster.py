@@ -20,6 +20,7 @@ actors, the preflight checks) runs in the job's runtime environment (:func:`runt
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
@@ -31,8 +32,10 @@ from typing import Any
 
 from pipeline.environ import env_restored
 
+logger = logging.getLogger(__name__)
+
 __all__ = ["FORWARDED_ENV", "FORWARDED_ENV_PREFIXES", "SHIPPED_PACKAGES", "ensure_ray", "forwarded_env",
-           "runtime_env"]
+           "ready_autoscaling_coordinator", "runtime_env"]
 
 # The packages shipped to every node (top-level import names); only their Python sources.
 SHIPPED_PACKAGES = ("detector", "pipeline")
@@ -137,6 +140,40 @@ def ensure_ray(address: str | None) -> bool:
     with staged_code() as code, env_restored(**autoscaler):
         ray.init(address=address, log_to_driver=True,
                  runtime_env=runtime_env(code, extra), **kwargs)
+    return True
+
+
+def ready_autoscaling_coordinator(timeout_s: float = 120.0) -> bool:
+    """Start Ray's autoscaling coordinator (a detached actor) and wait until it answers.
+
+    Ray Train's controller sends its workers' resource request to that actor (Train V2 shares it
+    with Ray Data), creating it on the first request and waiting only 5 s for the answer. On a
+    loaded node a new actor process takes longer to start, and the controller then prints
+    ``Failed to send resource request for train-...`` with a ``GetTimeoutError`` traceback to the
+    user's console (harmless: it retries every 20 s). Created here first, with a generous wait,
+    the controller finds it running. The actor is Ray's own (named ``AutoscalingCoordinator``,
+    ``get_if_exists``), created by Ray's own function; only the import path is Ray-internal, so
+    a Ray without it (or a Ray Client driver, which has no node) leaves the job to Ray as before.
+
+    Returns True when the coordinator answered within ``timeout_s``.
+    """
+    import ray
+
+    try:
+        from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+            get_or_create_autoscaling_coordinator,
+        )
+    except ImportError:  # another Ray version: Ray Train creates it itself
+        return False
+    if ray.util.client.ray.is_connected():  # Ray Client: the actor must live on a cluster node
+        return False
+    try:
+        coordinator = get_or_create_autoscaling_coordinator()
+        ray.get(coordinator.__ray_ready__.remote(), timeout=timeout_s)
+    except Exception as err:  # noqa: BLE001 - Ray Train retries its requests itself
+        logger.info("Ray's autoscaling coordinator is not ready after %.0f s (%s); Ray Train will retry",
+                    timeout_s, err)
+        return False
     return True
 
 

@@ -42,7 +42,7 @@ from typing import Any
 
 from pipeline.console import setup_console
 from pipeline.driver import storage
-from pipeline.driver.cluster import ensure_ray
+from pipeline.driver.cluster import ensure_ray, ready_autoscaling_coordinator
 from pipeline.driver.identity import RunIdentity, result_params, run_identity
 from pipeline.driver.preflight import PreflightError, preflight
 from pipeline.driver.record import FINISHED, RUN_RECORD, RUNNING, RunRecord
@@ -154,6 +154,7 @@ def fit(params: Params, *, run_name: str, storage_path: str, data_dir: str | Pat
     ensure_ray(params.ray.address)
     if check is not None:
         check(params, storage_path=storage_path, tracking_uri=tracking_uri, data_dir=data_dir)
+    ready_autoscaling_coordinator()  # before the Train controller's first 5 s request to it
     mlflow_run, run_tags = None, {}
     if tracking_uri:
         mlflow_run, run_tags = _start_mlflow_run(params, identity, tracking, tracking_uri=tracking_uri,

@@ -135,6 +135,7 @@ def run_sweep(params: Params, *, data_dir: str | Path = "data/prepared", out_dir
     from ray import tune
 
     from pipeline import driver
+    from pipeline.driver.cluster import ready_autoscaling_coordinator
     from pipeline.tracking import mlflow_runs as train_tracking
     from pipeline.tracking import trials as tracking
 
@@ -169,6 +170,7 @@ def run_sweep(params: Params, *, data_dir: str | Path = "data/prepared", out_dir
         # once for all trials: they run with the same workers and data (and skip their own preflight)
         driver.preflight(params_from_dict(base), storage_path=storage_path, tracking_uri=tracking_uri,
                          data_dir=data_dir)
+        ready_autoscaling_coordinator()  # before the trials' Train controllers' first 5 s request to it
         parent = tracking.start_parent(
             tracking_uri=tracking_uri, experiment_name=params.mlflow.experiment_name, sweep_id=sweep_id,
             experiment_path=experiment_path, root=root, run_id=state.get("parent_run_id"),
